@@ -1,0 +1,80 @@
+"""The store schema: what a complete store records about itself.
+
+A store's schema is a small JSON document written *last*, once every chunk is on
+disk; its presence is what marks a store as complete. ``open`` refuses a store
+without one, and a store whose ``format_version`` this code does not know.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SCHEMA_KEY = "pipeline"  # key of the schema in a zarr group's attributes
+SCHEMA_FILE = "schema.json"  # the schema file of a memmap store
+MAX_CLASSES = 1000  # an integer target with more distinct values is not categorical
+
+
+def new_schema(
+    *, fmt, n_samples, chunk_rows, x_dtype, feature_shape, y_dtype, y_shape, classes, attrs
+):
+    """Return the schema dictionary of a finished store (JSON-serialisable)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "format": fmt,
+        "uid": uuid.uuid4().hex,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "n_samples": int(n_samples),
+        "chunk_rows": int(chunk_rows),
+        "dtype": np.dtype(x_dtype).str,
+        "feature_shape": [int(d) for d in feature_shape],
+        "y_dtype": None if y_dtype is None else np.dtype(y_dtype).str,
+        "y_shape": None if y_shape is None else [int(d) for d in y_shape],
+        "classes": classes,
+        "attrs": dict(attrs or {}),
+    }
+
+
+def check_schema(schema, where):
+    """Validate a schema read from ``where``; return it or raise ``ValueError``."""
+    if not isinstance(schema, dict) or "format_version" not in schema:
+        raise ValueError(
+            f"{where} is not a complete pipeline store: it has no schema "
+            "(the write that made it did not finish, or it was not written by pipeline.store.write)"
+        )
+    version = schema["format_version"]
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{where} has store format_version {version!r}; this version of pipeline reads "
+            f"format_version {FORMAT_VERSION} only"
+        )
+    missing = {"n_samples", "chunk_rows", "dtype", "feature_shape"} - set(schema)
+    if missing:
+        raise ValueError(f"{where} has a corrupt schema: missing {sorted(missing)}")
+    return schema
+
+
+class ClassCollector:
+    """Collect the distinct values of an integer or boolean target, chunk by chunk.
+
+    Gives up (``classes`` is ``None``) for float targets and for more than
+    ``MAX_CLASSES`` distinct values, which are regression-like, not categorical.
+    """
+
+    def __init__(self, dtype):
+        kind = np.dtype(dtype).kind
+        self._values = set() if kind in "biu" else None
+
+    def update(self, y_chunk):
+        if self._values is None:
+            return
+        self._values.update(np.unique(y_chunk).tolist())
+        if len(self._values) > MAX_CLASSES:
+            self._values = None
+
+    @property
+    def classes(self):
+        return None if self._values is None else sorted(self._values)
