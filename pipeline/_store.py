@@ -383,7 +383,8 @@ def _publish(tmp, final):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, attrs=None):
+def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, attrs=None,
+          progress=False):
     """Write samples to a chunked store, chunk by chunk, atomically.
 
     Parameters
@@ -402,6 +403,8 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
         Replace an existing store at ``path`` (never a directory that is not a store).
     attrs : dict, optional
         JSON-serialisable user metadata kept in the schema under ``"attrs"``.
+    progress : bool or str, default=False
+        Show a tqdm progress bar over samples written (a str is its description).
 
     Returns
     -------
@@ -444,7 +447,7 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
             None if y0 is None else y0.dtype, () if y0 is None else y0.shape[1:], rows,
         )
         classes = ClassCollector(y0.dtype if y0 is not None else "f8")
-        for xb, yb in blocks:
+        for xb, yb in _with_progress(blocks, progress, _known_length(X)):
             writer.append(xb, yb)
             if yb is not None and yb.ndim == 1:
                 classes.update(yb)
@@ -465,6 +468,24 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
     if target is not None:
         _publish(target, local)
     return open(path)
+
+
+def _known_length(X):
+    return int(X.shape[0]) if _is_array(X) else None
+
+
+def _with_progress(blocks, progress, total):
+    """Yield ``blocks`` unchanged, advancing a tqdm bar by their sample counts."""
+    if not progress:
+        yield from blocks
+        return
+    from tqdm.auto import tqdm
+
+    desc = progress if isinstance(progress, str) else "writing"
+    with tqdm(total=total, unit=" samples", unit_scale=True, desc=desc) as bar:
+        for block in blocks:
+            yield block
+            bar.update(len(block[0]))
 
 
 def _chain_first(first, rest):

@@ -1,0 +1,351 @@
+"""Shuffled, prefetched, deterministic, resumable streams of training chunks.
+
+An epoch's sample order is a pure function of ``(seed, epoch)`` and the store's
+chunking: a seeded permutation of the store's chunks, grouped into windows of
+``window`` chunks, and a seeded permutation of the samples inside each window.
+That sequence is cut into training chunks of ``n_batches * batch_size`` samples,
+each reshaped to ``(n_batches, batch_size, *features)`` for one jitted
+``lax.scan``. Only the last chunk of an epoch is padded; its ``mask`` marks the
+real samples. A background thread reads ``prefetch`` chunks ahead through dask
+(one task per store chunk), so reads overlap the consumer's compute, and the
+order never depends on how fast anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import weakref
+from typing import NamedTuple
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline._store import Dataset
+
+__all__ = ["Chunk", "ChunkStream", "chunks", "epoch_order"]
+
+
+class Chunk(NamedTuple):
+    """One training chunk.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_batches, batch_size, *feature_shape)
+    y : ndarray of shape (n_batches, batch_size, *target_shape), or None
+    mask : ndarray of bool, shape (n_batches, batch_size)
+        False on padding (only in the last chunk of an epoch). A batch may be
+        all padding: a training step must then leave its state unchanged.
+    """
+
+    X: np.ndarray
+    y: np.ndarray | None
+    mask: np.ndarray
+
+
+def _as_dask(X, name):
+    if X is None or isinstance(X, da.Array):
+        return X
+    if not (hasattr(X, "shape") and hasattr(X, "dtype")):
+        X = np.asarray(X)
+    return da.from_array(X, chunks=(_default_rows(X),) + tuple(X.shape[1:]), name=False)
+
+
+def _default_rows(X):
+    from pipeline._store import default_chunk_rows
+
+    return default_chunk_rows(X.shape[1:], X.dtype)
+
+
+def _window_plan(block_sizes, *, shuffle, seed, epoch, window):
+    """Blocks of each window, in epoch order: a list of index arrays."""
+    n = len(block_sizes)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    return [order[i : i + window] for i in range(0, n, window)]
+
+
+def epoch_order(block_sizes, *, shuffle=True, seed=0, epoch=0, window=4):
+    """The epoch's sample order as global row indices (for tests and tooling).
+
+    Parameters
+    ----------
+    block_sizes : sequence of int
+        Rows in each store chunk (``X.chunks[0]``).
+
+    Returns
+    -------
+    ndarray of int64, shape (n_samples,)
+    """
+    starts = np.concatenate([[0], np.cumsum(block_sizes)])
+    plan = _window_plan(block_sizes, shuffle=shuffle, seed=seed, epoch=epoch, window=window)
+    parts = []
+    for w, blocks in enumerate(plan):
+        rows = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in blocks])
+        parts.append(rows[_within_window(len(rows), shuffle, seed, epoch, w)])
+    return np.concatenate(parts)
+
+
+def _within_window(n, shuffle, seed, epoch, w):
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch, w + 1]).permutation(n)
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+_DONE = object()
+
+
+class _Prefetcher:
+    """Run a generator in a daemon thread, ``depth`` items ahead of the consumer.
+
+    Holds no reference to the stream that owns it, so an abandoned stream is
+    collected and its finalizer stops the thread.
+    """
+
+    def __init__(self, items, depth):
+        self.queue = queue.Queue(maxsize=depth)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(items,), daemon=True,
+                                       name="pipeline-stream-prefetch")
+        self.thread.start()
+
+    def _run(self, items):
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # hand every failure to the consumer
+            self._put(_Failed(exc))
+
+    def _put(self, item):
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        return self.queue.get()
+
+    def stop(self):
+        self.stop_event.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+class ChunkStream:
+    """Iterator over one epoch's training chunks; see :func:`chunks`.
+
+    ``len(stream)`` is the number of chunks still to come; ``stream.state()`` a
+    small dict from which ``chunks(..., state=...)`` yields exactly the chunks
+    this stream has not yet yielded.
+    """
+
+    def __init__(self, items, *, config, total, position, prefetch):
+        self._config, self._total, self._position = config, total, position
+        self._items = items
+        self._prefetcher = None
+        if prefetch > 0:
+            self._prefetcher = _Prefetcher(items, prefetch)
+            weakref.finalize(self, self._prefetcher.stop)
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return self._total - self._position
+
+    def __next__(self):
+        get = self._prefetcher.get if self._prefetcher else lambda: next(self._items, _DONE)
+        item = get() if self._items is not None else _DONE
+        if item is _DONE or isinstance(item, _Failed):
+            self.close()
+            if item is _DONE:
+                raise StopIteration
+            raise item.error
+        self._position += 1
+        return item
+
+    def state(self):
+        """A JSON-serialisable dict: where this epoch's stream stands."""
+        return {**self._config, "position": self._position}
+
+    def close(self):
+        """Stop reading ahead and release the background thread."""
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
+            self._prefetcher = None
+        self._items = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _read_windows(X, y, plan, config, transform, skip):
+    """Yield ``(X, y)`` numpy windows in epoch order, skipping ``skip`` samples.
+
+    One ``dask.compute`` per window: one task per store chunk, run in parallel.
+    """
+    sizes = X.chunks[0]
+    for w, blocks in enumerate(plan):
+        n = sum(sizes[b] for b in blocks)
+        if skip >= n:
+            skip -= n
+            continue
+        parts = [X.blocks[int(b)] for b in blocks]
+        if y is not None:
+            parts += [y.blocks[int(b)] for b in blocks]
+        got = dask.compute(*parts)
+        Xw = np.concatenate(got[: len(blocks)])
+        yw = None if y is None else np.concatenate(got[len(blocks) :])
+        perm = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)[skip:]
+        skip = 0
+        Xw, yw = Xw[perm], None if yw is None else yw[perm]
+        if transform is not None:
+            Xw, yw = transform(Xw, yw)
+        yield Xw, yw
+
+
+def _produce(windows, batch_size, n_batches):
+    """Cut a stream of windows into training chunks; only the last is padded."""
+    rows = batch_size * n_batches
+    xs, ys, held = [], [], 0
+    for Xw, yw in windows:
+        xs.append(Xw)
+        ys.append(yw)
+        held += len(Xw)
+        while held >= rows:
+            yield _shape(_take(xs, rows), None if yw is None else _take(ys, rows), rows, batch_size)
+            held -= rows
+    if held:
+        yc = None if ys[0] is None else _take(ys, held)
+        yield _shape(_take(xs, held), yc, rows, batch_size)
+
+
+def _shape(Xc, yc, rows, batch_size):
+    """Pad to ``rows`` samples and fold into ``(rows // batch_size, batch_size, ...)``."""
+    mask = np.arange(rows) < len(Xc)
+    if len(Xc) < rows:
+        Xc, yc = _pad(Xc, rows), None if yc is None else _pad(yc, rows)
+    nb = rows // batch_size
+    return Chunk(
+        X=Xc.reshape(nb, batch_size, *Xc.shape[1:]),
+        y=None if yc is None else yc.reshape(nb, batch_size, *yc.shape[1:]),
+        mask=mask.reshape(nb, batch_size),
+    )
+
+
+def _take(parts, n):
+    """Remove and return the first ``n`` rows of a list of arrays (in place)."""
+    out, got = [], 0
+    while got < n:
+        head = parts[0]
+        need = n - got
+        if len(head) <= need:
+            out.append(parts.pop(0))
+            got += len(head)
+        else:
+            out.append(head[:need])
+            parts[0] = head[need:]
+            got = n
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _pad(a, rows):
+    pad = np.zeros((rows - len(a), *a.shape[1:]), dtype=a.dtype)
+    return np.concatenate([a, pad])
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def chunks(X, y=None, *, batch_size, shuffle=True, seed=0, epoch=0, window=4, prefetch=2,
+           n_batches=None, transform=None, state=None):
+    """Stream one epoch of training chunks from (lazy) arrays.
+
+    Parameters
+    ----------
+    X : dask array, numpy array, zarr array or Dataset, shape (n_samples, *feature_shape)
+        Chunked along axis 0 (a store's chunks). A ``Dataset`` supplies ``y`` too.
+    y : array of shape (n_samples,) or (n_samples, n_targets), optional
+    batch_size : int
+        Samples per mini-batch.
+    shuffle : bool, default=True
+        False yields the samples in store order.
+    seed, epoch : int
+        The order is a pure function of these (and the store's chunking).
+    window : int, default=4
+        Store chunks whose samples are shuffled together.
+    prefetch : int, default=2
+        Training chunks read ahead by a background thread (0: read on demand).
+    n_batches : int, optional
+        Mini-batches per training chunk; default: as many as fill one store chunk.
+    transform : callable, optional
+        ``transform(X_window, y_window) -> (X_window, y_window)`` on numpy arrays,
+        run in the background thread (e.g. label encoding); must keep the length.
+    state : dict, optional
+        ``stream.state()`` of an earlier stream: yield only what it had not yet.
+
+    Returns
+    -------
+    ChunkStream
+        Iterator of :class:`Chunk` ``(X, y, mask)`` with ``X`` of shape
+        ``(n_batches, batch_size, *feature_shape)``. Memory is bounded by about
+        ``prefetch + window`` chunks.
+    """
+    if isinstance(X, Dataset):
+        X, y = X.X, X.y if y is None else y
+    X, y = _as_dask(X, "X"), _as_dask(y, "y")
+    if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
+        raise ValueError("X must be an array with known chunk sizes along axis 0")
+    if X.shape[0] == 0:
+        raise ValueError(f"X is empty: shape {X.shape}")
+    if y is not None:
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X and y have different lengths: {X.shape[0]} and {y.shape[0]}")
+        if y.chunks[0] != X.chunks[0]:
+            y = y.rechunk({0: X.chunks[0]})
+    batch_size = _check_int("batch_size", batch_size, 1)
+    window = _check_int("window", window, 1)
+    prefetch = _check_int("prefetch", prefetch, 0)
+    seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
+    if n_batches is None:
+        n_batches = max(1, X.chunks[0][0] // batch_size)
+    n_batches = min(_check_int("n_batches", n_batches, 1), math.ceil(X.shape[0] / batch_size))
+    config = dict(batch_size=batch_size, n_batches=n_batches, shuffle=bool(shuffle), seed=seed,
+                  epoch=epoch, window=window, n_samples=int(X.shape[0]))
+    position = 0 if state is None else _resume_position(state, config)
+    plan = _window_plan(X.chunks[0], shuffle=shuffle, seed=seed, epoch=epoch, window=window)
+    rows = batch_size * n_batches
+    windows = _read_windows(X, y, plan, config, transform, skip=position * rows)
+    items = _produce(windows, batch_size, n_batches)
+    total = math.ceil(X.shape[0] / rows)
+    return ChunkStream(items, config=config, total=total, position=position, prefetch=prefetch)
+
+
+def _resume_position(state, config):
+    """Check a saved ``state()`` against this stream's configuration."""
+    if not isinstance(state, dict) or "position" not in state:
+        raise ValueError(f"state must be a dict from ChunkStream.state(), got {state!r}")
+    differ = {k: (state.get(k), v) for k, v in config.items() if state.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"state was saved from a different stream ({detail})")
+    return _check_int("state['position']", state["position"], 0)
