@@ -209,15 +209,29 @@ def _read_windows(X, y, plan, config, transform, skip):
         parts = [X.blocks[int(b)] for b in blocks]
         if y is not None:
             parts += [y.blocks[int(b)] for b in blocks]
-        got = dask.compute(*parts)
-        Xw = np.concatenate(got[: len(blocks)])
-        yw = None if y is None else np.concatenate(got[len(blocks) :])
+        # tiny graphs: no optimisation (dask still culls them to these blocks)
+        got = dask.compute(*parts, optimize_graph=False)
         perm = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)[skip:]
         skip = 0
-        Xw, yw = Xw[perm], None if yw is None else yw[perm]
+        Xw = _gather(got[: len(blocks)], perm)
+        yw = None if y is None else _gather(got[len(blocks) :], perm)
         if transform is not None:
             Xw, yw = transform(Xw, yw)
         yield Xw, yw
+
+
+def _gather(parts, perm):
+    """``np.concatenate(parts)[perm]`` in one copy: scatter each part into place."""
+    if len(perm) == sum(len(p) for p in parts) and len(parts) > 1:
+        inverse = np.empty_like(perm)
+        inverse[perm] = np.arange(len(perm))
+        out = np.empty((len(perm), *parts[0].shape[1:]), dtype=parts[0].dtype)
+        start = 0
+        for p in parts:
+            out[inverse[start : start + len(p)]] = p
+            start += len(p)
+        return out
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0])[perm]
 
 
 def _produce(windows, batch_size, n_batches):

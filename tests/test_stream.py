@@ -191,3 +191,18 @@ def test_length_mismatch_and_empty():
         chunks(X, y[:49], batch_size=8)
     with pytest.raises(ValueError, match="empty"):
         chunks(np.zeros((0, 3)), batch_size=8)
+
+
+def test_one_read_per_store_chunk_per_epoch_even_under_preprocessing(tmp_path, monkeypatch):
+    import pipeline.store as store
+    from pipeline._store import _ChunkReader
+
+    reads = []
+    original = _ChunkReader.__getitem__
+    monkeypatch.setattr(_ChunkReader, "__getitem__", lambda s, k: reads.append(k) or original(s, k))
+    ds = store.write(tmp_path / "s.zarr", np.random.rand(2000, 5), np.arange(2000), chunk_rows=100)
+    lazy = (ds.X * 2 + 1).astype("float32")  # preprocessing as a dask expression
+    got = [c.X[c.mask][:, 0] for c in chunks(lazy, ds.y, batch_size=50, prefetch=0)]
+    assert len(reads) == 2 * 20  # X and y, each chunk once
+    expected = np.sort(ds.X[:, 0].compute() * 2 + 1)
+    np.testing.assert_allclose(np.sort(np.concatenate(got)), expected, rtol=1e-6)
