@@ -143,8 +143,12 @@ def peak_rss(directory, size_gb):
     out = {"store_gb": size_gb, "n_samples": n}
     code = _CHILD.format(nf=N_FEATURES, batch=BATCH)
     for what in ("generate", "stream"):
-        res = subprocess.run([sys.executable, "-c", code, str(path), str(n), what],
-                             check=True, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(path), str(n), what],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rss, secs = map(float, res.stdout.split())
         out[what] = {"peak_rss_mb": rss, "seconds": secs}
     shutil.rmtree(path)
@@ -178,12 +182,17 @@ def report(result):
     base = dict((name, s) for name, s, _ in t["rows"])["zarr sequential reads"]
     for name, s, mbs in t["rows"]:
         lines.append(f"| {name} | {s:.1f} | {mbs:,.0f} | {base / s:.2f}x |")
-    lines += ["", "| store | generate: peak RSS | seconds | stream: peak RSS | seconds |",
-              "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "| store | generate: peak RSS | seconds | stream: peak RSS | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in result["rss"]:
         g, s = r["generate"], r["stream"]
-        lines.append(f"| {r['store_gb']:g} GB | {g['peak_rss_mb']:,.0f} MB | {g['seconds']:.0f} | "
-                     f"{s['peak_rss_mb']:,.0f} MB | {s['seconds']:.0f} |")
+        lines.append(
+            f"| {r['store_gb']:g} GB | {g['peak_rss_mb']:,.0f} MB | {g['seconds']:.0f} | "
+            f"{s['peak_rss_mb']:,.0f} MB | {s['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -196,8 +205,11 @@ def main():
     args = p.parse_args()
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(), "throughput": throughput(directory, args.size_gb),
-              "rss": [peak_rss(directory, float(s)) for s in args.rss_sizes.split(",")]}
+    result = {
+        "machine": machine(),
+        "throughput": throughput(directory, args.size_gb),
+        "rss": [peak_rss(directory, float(s)) for s in args.rss_sizes.split(",")],
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["machine"]))

@@ -323,9 +323,19 @@ def _check_classification(
 
 
 def make_classification_store(
-    path, n_samples: int, n_features: int = 20, *, n_informative: int | None = None,
-    n_classes: int = 2, class_sep: float = 1.0, flip_y: float = 0.01, chunk_rows: int | None = None,
-    dtype="float32", format: str = "zarr", overwrite: bool = False, random_state=None,
+    path,
+    n_samples: int,
+    n_features: int = 20,
+    *,
+    n_informative: int | None = None,
+    n_classes: int = 2,
+    class_sep: float = 1.0,
+    flip_y: float = 0.01,
+    chunk_rows: int | None = None,
+    dtype="float32",
+    format: str = "zarr",
+    overwrite: bool = False,
+    random_state=None,
     progress=False,
 ) -> _store.Dataset:
     """Generate a classification problem of any size straight into a store.
@@ -369,7 +379,8 @@ def make_classification_store(
         X of shape (n_samples, n_features) in ``dtype``, y of shape (n_samples,) int64.
     """
     n_informative = _check_classification(
-        n_samples, n_features, n_informative, n_classes, class_sep, flip_y, dtype)
+        n_samples, n_features, n_informative, n_classes, class_sep, flip_y, dtype
+    )
     seed = _master_seed(random_state)
     rows = _store.default_chunk_rows((n_features,), dtype) if chunk_rows is None else chunk_rows
     rows = _check_int(rows, "chunk_rows", 1)
@@ -377,11 +388,22 @@ def make_classification_store(
     design = _design(seed, n_informative, n_redundant, n_classes, class_sep)
     chunks = _chunks(seed, n_samples, rows, design, n_features, n_classes, flip_y, dtype)
     attrs = {
-        "generator": "make_classification_store", "random_state": seed, "n_samples": n_samples,
-        "n_features": n_features, "n_informative": n_informative, "n_redundant": n_redundant,
-        "n_classes": n_classes, "class_sep": float(class_sep), "flip_y": float(flip_y),
+        "generator": "make_classification_store",
+        "random_state": seed,
+        "n_samples": n_samples,
+        "n_features": n_features,
+        "n_informative": n_informative,
+        "n_redundant": n_redundant,
+        "n_classes": n_classes,
+        "class_sep": float(class_sep),
+        "flip_y": float(flip_y),
     }
     return _store.write(
-        path, chunks, chunk_rows=rows, format=format, overwrite=overwrite, attrs=attrs,
+        path,
+        chunks,
+        chunk_rows=rows,
+        format=format,
+        overwrite=overwrite,
+        attrs=attrs,
         progress=progress,
     )

@@ -29,8 +29,10 @@ MAX_TARGET_LABELS = 100_000  # a string target with more distinct values is not 
 
 
 def _check_rows(chunk_rows):
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or (
-        chunk_rows < 1
+    if (
+        isinstance(chunk_rows, bool)
+        or not isinstance(chunk_rows, (int, np.integer))
+        or (chunk_rows < 1)
     ):
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     return int(chunk_rows)
@@ -227,8 +229,16 @@ class CSVSource:
     text target in code order, else None).
     """
 
-    def __init__(self, pattern, *, target=None, categorical="onehot", categorical_columns=None,
-                 chunk_rows=10_000, dtype="float32"):
+    def __init__(
+        self,
+        pattern,
+        *,
+        target=None,
+        categorical="onehot",
+        categorical_columns=None,
+        chunk_rows=10_000,
+        dtype="float32",
+    ):
         if categorical not in CATEGORICAL_MODES:
             raise ValueError(f"categorical must be one of {CATEGORICAL_MODES}, got {categorical!r}")
         self.chunk_rows = _check_rows(chunk_rows)
@@ -303,12 +313,17 @@ class CSVSource:
 
     def attrs(self) -> dict:
         """JSON-able metadata for ``pipeline.store.write(attrs=...)``."""
-        return {"feature_names": self.feature_names, "target_names": self.target_names,
-                "source": self.pattern}
+        return {
+            "feature_names": self.feature_names,
+            "target_names": self.target_names,
+            "source": self.pattern,
+        }
 
     def __repr__(self):
-        return (f"CSVSource({self.pattern!r}, files={len(self.files)}, target={self.target!r}, "
-                f"n_features={self.n_features}, categorical={self.mode!r})")
+        return (
+            f"CSVSource({self.pattern!r}, files={len(self.files)}, target={self.target!r}, "
+            f"n_features={self.n_features}, categorical={self.mode!r})"
+        )
 
     def __iter__(self):
         str_cols = list(self.categories) + ([self.target] if self.target_names is not None else [])
@@ -376,8 +391,15 @@ def _codes(s, categories, file, column):
     return codes
 
 
-def read_csv(pattern, *, target: str | None = None, categorical: str = "onehot",
-             categorical_columns=None, chunk_rows: int = 10_000, dtype="float32") -> CSVSource:
+def read_csv(
+    pattern,
+    *,
+    target: str | None = None,
+    categorical: str = "onehot",
+    categorical_columns=None,
+    chunk_rows: int = 10_000,
+    dtype="float32",
+) -> CSVSource:
     """Read CSV files in chunks of rows, encoded as numeric ``(X, y)`` pairs.
 
     Parameters
@@ -423,5 +445,11 @@ def read_csv(pattern, *, target: str | None = None, categorical: str = "onehot",
     Categories must agree across chunks and files, so the reader first makes one
     cheap pass over only the categorical and target columns to collect them.
     """
-    return CSVSource(pattern, target=target, categorical=categorical,
-                     categorical_columns=categorical_columns, chunk_rows=chunk_rows, dtype=dtype)
+    return CSVSource(
+        pattern,
+        target=target,
+        categorical=categorical,
+        categorical_columns=categorical_columns,
+        chunk_rows=chunk_rows,
+        dtype=dtype,
+    )

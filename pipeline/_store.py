@@ -18,7 +18,6 @@ is never accepted by :func:`open`.
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import shutil
@@ -33,19 +32,19 @@ import zarr
 from dask.base import tokenize
 from zarr.core.sync import sync
 
-from pipeline._schema import (
-    SCHEMA_FILE,
-    SCHEMA_KEY,
-    ClassCollector,
-    check_schema,
-    new_schema,
+from pipeline._inputs import (
+    PieceChecker,
+    blocks_of,
+    default_chunk_rows,
+    input_pieces,
+    is_array,
 )
+from pipeline._schema import SCHEMA_FILE, SCHEMA_KEY, ClassCollector, check_schema, new_schema
+from pipeline._writers import MemmapWriter, ZarrWriter
 
 __all__ = ["Dataset", "ChunkReadError", "write", "open", "default_chunk_rows"]
 
 FORMATS = ("zarr", "memmap")
-TARGET_CHUNK_BYTES = 2 * 2**20  # default chunks of ~2 MB: inside the 1-4 MB sweet spot
-NPY_HEADER_BYTES = 4096  # reserved .npy header, so a file of unknown length can stream
 
 
 class ChunkReadError(OSError):
@@ -122,8 +121,8 @@ def _check_destination(path, local, overwrite):
     """Refuse to write over something that exists, unless allowed and safe."""
     if local is not None:
         exists = local.exists()
-        replaceable = not exists or _is_store_dir(local) or (
-            local.is_dir() and not any(local.iterdir())
+        replaceable = (
+            not exists or _is_store_dir(local) or (local.is_dir() and not any(local.iterdir()))
         )
     else:
         fs, fs_path = fsspec.core.url_to_fs(path)
@@ -133,234 +132,6 @@ def _check_destination(path, local, overwrite):
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if exists and not replaceable:
         raise ValueError(f"refusing to overwrite {path}: it exists and is not a pipeline store")
-
-
-# ----------------------------------------------------------------------------- input pieces
-
-
-def _is_array(obj):
-    return hasattr(obj, "shape") and hasattr(obj, "dtype") and hasattr(obj, "__getitem__")
-
-
-def _check_dtype(dtype, name):
-    if np.dtype(dtype).kind not in "biuf":
-        raise TypeError(
-            f"{name} has dtype {np.dtype(dtype)}; stores hold numeric data only "
-            "(encode strings/categories as numbers first)"
-        )
-
-
-def _array_pieces(X, y, rows):
-    """Yield numpy ``(X, y)`` slices of ``rows`` samples from array-likes."""
-    n = X.shape[0]
-    for start in range(0, n, rows):
-        sl = slice(start, min(start + rows, n))
-        parts = (X[sl], None if y is None else y[sl])
-        if any(isinstance(p, da.Array) for p in parts):
-            import dask
-
-            parts = dask.compute(*parts)
-        yield tuple(None if p is None else np.asarray(p) for p in parts)
-
-
-def _pair_pieces(pairs):
-    """Yield numpy ``(X, y)`` pieces from an iterable of pairs (or of X chunks)."""
-    for i, item in enumerate(pairs):
-        if isinstance(item, tuple) and len(item) == 2:
-            x, yc = item
-        else:
-            x, yc = item, None
-        if not _is_array(x):
-            x = np.asarray(x)
-        yield np.asarray(x), None if yc is None else np.asarray(yc)
-
-
-def _as_array(obj, name):
-    if obj is None or _is_array(obj):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        return np.asarray(obj)
-    raise TypeError(f"{name} must be an array (numpy, memmap, dask or zarr), got {type(obj).__name__}")
-
-
-def _is_pairs(X, y):
-    """True when X is an iterable of chunks rather than one array."""
-    if _is_array(X):
-        return False
-    if isinstance(X, (list, tuple)):
-        return y is None and len(X) > 0 and isinstance(X[0], tuple)
-    return True
-
-
-def _input_pieces(X, y, rows_hint):
-    """Normalise write()'s inputs into an iterator of numpy ``(X, y)`` pieces."""
-    if _is_pairs(X, y):
-        if y is not None:
-            raise TypeError("y must be None when X is an iterable of (X_chunk, y_chunk) pairs")
-        if isinstance(X, (str, bytes, dict)):
-            raise TypeError(f"X must be an array or an iterable of (X, y) pairs, got {type(X).__name__}")
-        return _pair_pieces(X)
-    X, y = _as_array(X, "X"), _as_array(y, "y")
-    if X.ndim == 0:
-        raise ValueError("X must have a sample axis; got a 0-d array")
-    _check_dtype(X.dtype, "X")
-    if X.shape[0] == 0:
-        raise ValueError(f"X is empty: shape {tuple(X.shape)}")
-    if y is not None:
-        _check_dtype(y.dtype, "y")
-        if y.ndim not in (1, 2):
-            raise ValueError(f"y must be 1-D or 2-D, got shape {tuple(y.shape)}")
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f"X and y have different lengths: {X.shape[0]} and {y.shape[0]} samples")
-    rows = rows_hint or default_chunk_rows(X.shape[1:], X.dtype)
-    return _array_pieces(X, y, rows)
-
-
-def default_chunk_rows(feature_shape, dtype, target_bytes=TARGET_CHUNK_BYTES):
-    """Rows per chunk so that one chunk of X holds about ``target_bytes``.
-
-    Rounded down to a multiple of 64 rows when that many fit.
-    """
-    row_bytes = max(1, int(np.prod(feature_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-    rows = max(1, target_bytes // row_bytes)
-    return int(rows // 64 * 64) if rows >= 64 else int(rows)
-
-
-def _blocks(pieces, rows):
-    """Re-cut a stream of ``(X, y)`` pieces into blocks of exactly ``rows`` samples.
-
-    The last block may be shorter. Holds at most one block plus one piece in memory.
-    """
-    xs, ys, held = [], [], 0
-    for x, y in pieces:
-        xs.append(x)
-        ys.append(y)
-        held += len(x)
-        while held >= rows:
-            X = np.concatenate(xs) if len(xs) > 1 else xs[0]
-            Y = None if ys[0] is None else (np.concatenate(ys) if len(ys) > 1 else ys[0])
-            yield X[:rows], None if Y is None else Y[:rows]
-            xs, ys, held = [X[rows:]], [None if Y is None else Y[rows:]], len(X) - rows
-    if held:
-        yield (
-            np.concatenate(xs),
-            None if ys[0] is None else np.concatenate(ys),
-        )
-
-
-class _PieceChecker:
-    """Check that every piece agrees with the first on dtype, feature shape and y."""
-
-    def __init__(self):
-        self.first = None
-        self.index = -1
-
-    def __call__(self, x, y):
-        self.index += 1
-        where = f"chunk {self.index} of the input"
-        if x.ndim == 0:
-            raise ValueError(f"{where}: X must have a sample axis; got a 0-d array")
-        _check_dtype(x.dtype, f"X ({where})")
-        if y is not None:
-            _check_dtype(y.dtype, f"y ({where})")
-            if y.ndim not in (1, 2):
-                raise ValueError(f"{where}: y must be 1-D or 2-D, got shape {y.shape}")
-            if len(y) != len(x):
-                raise ValueError(f"{where}: X and y have different lengths: {len(x)} and {len(y)}")
-        sig = (x.shape[1:], y is None, None if y is None else y.shape[1:])
-        if self.first is None:
-            self.first = sig
-            self.x_dtype, self.y_dtype = x.dtype, None if y is None else y.dtype
-        elif sig != self.first:
-            raise ValueError(
-                f"{where} has X features {x.shape[1:]} and y {'absent' if y is None else y.shape[1:]}, "
-                f"but the first chunk had X features {self.first[0]} and y "
-                f"{'absent' if self.first[1] else self.first[2]}"
-            )
-        return x, y
-
-
-# ----------------------------------------------------------------------------- writers
-
-
-class _ZarrWriter:
-    """Append whole chunks to a zarr group's X and y arrays."""
-
-    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows):
-        self.group = zarr.open_group(location, mode="w", zarr_format=3)
-        codec = zarr.codecs.ZstdCodec(level=1, checksum=True)  # checksums catch corruption
-        config = {"write_empty_chunks": True}  # every chunk exists, so absence is an error
-        self.arrays = {
-            "X": self.group.create_array(
-                "X", shape=(0, *feature_shape), chunks=(rows, *feature_shape),
-                dtype=x_dtype, compressors=codec, config=config,
-            )
-        }
-        if y_dtype is not None:
-            self.arrays["y"] = self.group.create_array(
-                "y", shape=(0, *y_tail), chunks=(rows, *y_tail),
-                dtype=y_dtype, compressors=codec, config=config,
-            )
-        self.n = 0
-
-    def append(self, x, y):
-        stop = self.n + len(x)
-        for name, block in (("X", x), ("y", y)):
-            if name in self.arrays:
-                arr = self.arrays[name]
-                arr.resize((stop, *arr.shape[1:]))
-                arr[self.n : stop] = block
-        self.n = stop
-
-    def finish(self, schema):
-        self.group.attrs.update({SCHEMA_KEY: schema})
-
-
-def _npy_header(dtype, shape):
-    """A version-1.0 ``.npy`` header padded to exactly ``NPY_HEADER_BYTES``."""
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-         "shape": tuple(shape)}
-    body = repr(d).encode("latin1")
-    magic = np.lib.format.magic(1, 0)
-    pad = NPY_HEADER_BYTES - len(magic) - 2 - len(body) - 1
-    return magic + np.uint16(NPY_HEADER_BYTES - len(magic) - 2).tobytes() + body + b" " * pad + b"\n"
-
-
-class _MemmapWriter:
-    """Stream raw rows into ``.npy`` files whose header is patched at the end."""
-
-    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows):
-        self.dir = Path(location)
-        self.dir.mkdir(parents=True)
-        self.meta = {"X": (x_dtype, tuple(feature_shape))}
-        if y_dtype is not None:
-            self.meta["y"] = (y_dtype, tuple(y_tail))
-        self.files = {name: builtins.open(self.dir / f"{name}.npy", "wb") for name in self.meta}
-        for f in self.files.values():
-            f.write(b"\0" * NPY_HEADER_BYTES)
-        self.n = 0
-
-    def append(self, x, y):
-        for name, block in (("X", x), ("y", y)):
-            if name in self.files:
-                self.files[name].write(np.ascontiguousarray(block, self.meta[name][0]).tobytes())
-        self.n += len(x)
-
-    def finish(self, schema):
-        for name, f in self.files.items():
-            dtype, tail = self.meta[name]
-            f.seek(0)
-            f.write(_npy_header(dtype, (self.n, *tail)))
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-        tmp = self.dir / (SCHEMA_FILE + ".tmp")
-        tmp.write_text(json.dumps(schema, indent=1))
-        os.replace(tmp, self.dir / SCHEMA_FILE)
-
-    def close(self):
-        for f in self.files.values():
-            f.close()
 
 
 def _remove(location, local):
@@ -383,8 +154,9 @@ def _publish(tmp, final):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, attrs=None,
-          progress=False):
+def write(
+    path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, attrs=None, progress=False
+):
     """Write samples to a chunked store, chunk by chunk, atomically.
 
     Parameters
@@ -422,13 +194,13 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
         raise ValueError(f"format='memmap' needs a local path, got {path!r}")
     _check_destination(path, local, overwrite)
 
-    checker = _PieceChecker()
-    pieces = (checker(x, yc) for x, yc in _input_pieces(X, y, chunk_rows))
+    checker = PieceChecker()
+    pieces = (checker(x, yc) for x, yc in input_pieces(X, y, chunk_rows))
     first = next(pieces, None)
     if first is None:
         raise ValueError("X is empty: the iterable yielded no chunks")
     rows = int(chunk_rows or default_chunk_rows(first[0].shape[1:], first[0].dtype))
-    blocks = _blocks(_chain_first(first, pieces), rows)
+    blocks = blocks_of(_chain_first(first, pieces), rows)
 
     if local is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -438,13 +210,17 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
         target, location = None, path
         if overwrite:
             _remove(path, None)
-    writer_cls = _ZarrWriter if format == "zarr" else _MemmapWriter
+    writer_cls = ZarrWriter if format == "zarr" else MemmapWriter
     writer = None
     try:
         x0, y0 = first
         writer = writer_cls(
-            location, x0.dtype, x0.shape[1:],
-            None if y0 is None else y0.dtype, () if y0 is None else y0.shape[1:], rows,
+            location,
+            x0.dtype,
+            x0.shape[1:],
+            None if y0 is None else y0.dtype,
+            () if y0 is None else y0.shape[1:],
+            rows,
         )
         classes = ClassCollector(y0.dtype if y0 is not None else "f8")
         for xb, yb in _with_progress(blocks, progress, _known_length(X)):
@@ -454,14 +230,19 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
         if writer.n == 0:
             raise ValueError("X is empty: the input yielded chunks with no samples")
         schema = new_schema(
-            fmt=format, n_samples=writer.n, chunk_rows=rows, x_dtype=x0.dtype,
-            feature_shape=x0.shape[1:], y_dtype=None if y0 is None else y0.dtype,
+            fmt=format,
+            n_samples=writer.n,
+            chunk_rows=rows,
+            x_dtype=x0.dtype,
+            feature_shape=x0.shape[1:],
+            y_dtype=None if y0 is None else y0.dtype,
             y_shape=None if y0 is None else (writer.n, *y0.shape[1:]),
-            classes=None if y0 is None or y0.ndim != 1 else classes.classes, attrs=attrs,
+            classes=None if y0 is None or y0.ndim != 1 else classes.classes,
+            attrs=attrs,
         )
         writer.finish(schema)
     except BaseException:
-        if isinstance(writer, _MemmapWriter):
+        if isinstance(writer, MemmapWriter):
             writer.close()
         _remove(location, target)
         raise
@@ -471,7 +252,7 @@ def write(path, X, y=None, *, chunk_rows=None, format="zarr", overwrite=False, a
 
 
 def _known_length(X):
-    return int(X.shape[0]) if _is_array(X) else None
+    return int(X.shape[0]) if is_array(X) else None
 
 
 def _with_progress(blocks, progress, total):

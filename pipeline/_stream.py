@@ -110,8 +110,9 @@ class _Prefetcher:
     def __init__(self, items, depth):
         self.queue = queue.Queue(maxsize=depth)
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(items,), daemon=True,
-                                       name="pipeline-stream-prefetch")
+        self.thread = threading.Thread(
+            target=self._run, args=(items,), daemon=True, name="pipeline-stream-prefetch"
+        )
         self.thread.start()
 
     def _run(self, items):
@@ -290,8 +291,20 @@ def _check_int(name, value, minimum):
     return int(value)
 
 
-def chunks(X, y=None, *, batch_size, shuffle=True, seed=0, epoch=0, window=4, prefetch=2,
-           n_batches=None, transform=None, state=None):
+def chunks(
+    X,
+    y=None,
+    *,
+    batch_size,
+    shuffle=True,
+    seed=0,
+    epoch=0,
+    window=4,
+    prefetch=2,
+    n_batches=None,
+    transform=None,
+    state=None,
+):
     """Stream one epoch of training chunks from (lazy) arrays.
 
     Parameters
@@ -343,8 +356,15 @@ def chunks(X, y=None, *, batch_size, shuffle=True, seed=0, epoch=0, window=4, pr
     if n_batches is None:
         n_batches = max(1, X.chunks[0][0] // batch_size)
     n_batches = min(_check_int("n_batches", n_batches, 1), math.ceil(X.shape[0] / batch_size))
-    config = dict(batch_size=batch_size, n_batches=n_batches, shuffle=bool(shuffle), seed=seed,
-                  epoch=epoch, window=window, n_samples=int(X.shape[0]))
+    config = dict(
+        batch_size=batch_size,
+        n_batches=n_batches,
+        shuffle=bool(shuffle),
+        seed=seed,
+        epoch=epoch,
+        window=window,
+        n_samples=int(X.shape[0]),
+    )
     position = 0 if state is None else _resume_position(state, config)
     plan = _window_plan(X.chunks[0], shuffle=shuffle, seed=seed, epoch=epoch, window=window)
     rows = batch_size * n_batches

@@ -29,8 +29,17 @@ def _parse_synthetic(spec):
     return n, f
 
 
-def ingest(source, dest, *, target=None, chunk_rows=None, format="zarr", split="train",
-           overwrite=False, progress=True):
+def ingest(
+    source,
+    dest,
+    *,
+    target=None,
+    chunk_rows=None,
+    format="zarr",
+    split="train",
+    overwrite=False,
+    progress=True,
+):
     """Write ``source`` to a store at ``dest``; return the opened Dataset."""
     from pipeline import _datasets, _sources
     from pipeline._store import write
@@ -57,8 +66,15 @@ def ingest(source, dest, *, target=None, chunk_rows=None, format="zarr", split="
 
 def _cmd_ingest(args):
     t0 = time.perf_counter()
-    ds = ingest(args.source, args.dest, target=args.target, chunk_rows=args.chunk_rows,
-                format=args.format, split=args.split, overwrite=args.overwrite)
+    ds = ingest(
+        args.source,
+        args.dest,
+        target=args.target,
+        chunk_rows=args.chunk_rows,
+        format=args.format,
+        split=args.split,
+        overwrite=args.overwrite,
+    )
     print(ds.summary())
     print(f"written in {time.perf_counter() - t0:.1f} s")
 

@@ -21,25 +21,45 @@ def test_ingest_digits(tmp_path, capsys):
 
 def test_ingest_synthetic_memmap(tmp_path, capsys):
     dest = tmp_path / "s"
-    assert main(["ingest", "synthetic:500,8", str(dest), "--chunk-rows", "128", "--format", "memmap"]) == 0
+    assert (
+        main(["ingest", "synthetic:500,8", str(dest), "--chunk-rows", "128", "--format", "memmap"])
+        == 0
+    )
     ds = store.open(dest)
     assert ds.attrs["format"] == "memmap" and ds.X.shape == (500, 8) and ds.X.chunks[0][0] == 128
 
 
 def test_ingest_csv_glob_with_target(tmp_path, capsys):
     for i in range(2):
-        pd.DataFrame({"a": [1.0, 2.0, 3.0], "color": ["red", "blue", "red"],
-                      "label": ["yes", "no", "yes"]}).to_csv(tmp_path / f"part{i}.csv", index=False)
-    assert main(["ingest", str(tmp_path / "part*.csv"), str(tmp_path / "t.zarr"), "--target", "label"]) == 0
+        pd.DataFrame(
+            {"a": [1.0, 2.0, 3.0], "color": ["red", "blue", "red"], "label": ["yes", "no", "yes"]}
+        ).to_csv(tmp_path / f"part{i}.csv", index=False)
+    assert (
+        main(["ingest", str(tmp_path / "part*.csv"), str(tmp_path / "t.zarr"), "--target", "label"])
+        == 0
+    )
     ds = store.open(tmp_path / "t.zarr")
-    assert ds.X.shape == (6, 3) and ds.attrs["attrs"]["feature_names"] == ["a", "color=blue", "color=red"]
-    assert ds.attrs["attrs"]["target_names"] == ["no", "yes"] and ds.y.compute().tolist() == [1, 0, 1] * 2
+    assert ds.X.shape == (6, 3) and ds.attrs["attrs"]["feature_names"] == [
+        "a",
+        "color=blue",
+        "color=red",
+    ]
+    assert (
+        ds.attrs["attrs"]["target_names"] == ["no", "yes"]
+        and ds.y.compute().tolist() == [1, 0, 1] * 2
+    )
 
 
 def test_ingest_npy_with_labels(tmp_path):
     np.save(tmp_path / "X.npy", np.arange(60.0).reshape(20, 3))
     np.save(tmp_path / "y.npy", np.arange(20) % 2)
-    args = ["ingest", str(tmp_path / "X.npy"), str(tmp_path / "n.zarr"), "--target", str(tmp_path / "y.npy")]
+    args = [
+        "ingest",
+        str(tmp_path / "X.npy"),
+        str(tmp_path / "n.zarr"),
+        "--target",
+        str(tmp_path / "y.npy"),
+    ]
     assert main(args) == 0
     np.testing.assert_array_equal(store.open(tmp_path / "n.zarr").y.compute(), np.arange(20) % 2)
 
@@ -61,7 +81,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     store.write(tmp_path / "exists.zarr", np.ones((3, 2)))
     assert main(["ingest", "digits", str(tmp_path / "exists.zarr")]) == 2
     assert "already exists; pass overwrite=True" in capsys.readouterr().err
-    assert main(["ingest", "mnist:" + str(tmp_path / "nothing-here"), str(tmp_path / "m.zarr")]) == 2
+    assert (
+        main(["ingest", "mnist:" + str(tmp_path / "nothing-here"), str(tmp_path / "m.zarr")]) == 2
+    )
     assert "pipeline ingest: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown source"):
         main(["ingest", "data.parquet", str(tmp_path / "x.zarr")])
@@ -72,8 +94,14 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 def test_demo_as_a_user_runs_it(tmp_path):
     env = {"PATH": "", "PIPELINE_DATA": str(tmp_path), "HOME": str(tmp_path)}  # no MNIST: digits
-    run = subprocess.run([sys.executable, "-m", "pipeline", "demo"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "scikit-learn digits" in run.stdout and "1,797 samples" in run.stdout
     assert "streamed one shuffled epoch" in run.stdout and list(tmp_path.iterdir()) == []

@@ -184,8 +184,14 @@ def test_load_mnist_not_found_says_where_and_how(no_env, monkeypatch):
         datasets.load_mnist()
     msg = str(info.value)
     places = [no_env / "nowhere", no_env / "datasets", no_env / "datasets" / "mnist"]
-    how = ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "mnist.pkl.gz",
-           "PIPELINE_DATA", "./datasets/", "never downloads"]
+    how = [
+        "train-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "mnist.pkl.gz",
+        "PIPELINE_DATA",
+        "./datasets/",
+        "never downloads",
+    ]
     for expected in [*map(str, places), *how]:
         assert expected in msg
 
@@ -274,8 +280,9 @@ def test_make_classification_store_balanced(tmp_path):
 def test_make_classification_store_learnable(tmp_path, n_classes, n_informative, min_accuracy):
     from sklearn.linear_model import LogisticRegression
 
-    ds = make(tmp_path / "a.zarr", 2000, n_classes=n_classes, n_informative=n_informative,
-              class_sep=1.5)
+    ds = make(
+        tmp_path / "a.zarr", 2000, n_classes=n_classes, n_informative=n_informative, class_sep=1.5
+    )
     X, y = ds.X.compute(), ds.y.compute()
     model = LogisticRegression(max_iter=1000).fit(X[:1500], y[:1500])
     assert model.score(X[1500:], y[1500:]) > min_accuracy  # chance is 1 / n_classes
@@ -292,18 +299,24 @@ def test_make_classification_store_memory_flat(tmp_path):
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MB"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_samples": 0}, "n_samples must be an integer >= 1, got 0"),
-    ({"n_features": 0}, "n_features must be an integer >= 1, got 0"),
-    ({"n_classes": 1}, "n_classes must be an integer >= 2, got 1"),
-    ({"n_features": 3, "n_informative": 4}, "n_informative=4 must be <= n_features=3"),
-    ({"n_classes": 5, "n_informative": 2}, "n_classes=5 needs 2\\*\\*n_informative >= n_classes"),
-    ({"class_sep": -1.0}, "class_sep must be a finite number >= 0, got -1.0"),
-    ({"flip_y": 1.5}, "flip_y must be a number in \\[0, 1\\], got 1.5"),
-    ({"dtype": "int32"}, "dtype must be a floating dtype, got int32"),
-    ({"chunk_rows": 0}, "chunk_rows must be an integer >= 1, got 0"),
-    ({"random_state": -3}, "random_state must be an integer >= 0, got -3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_samples": 0}, "n_samples must be an integer >= 1, got 0"),
+        ({"n_features": 0}, "n_features must be an integer >= 1, got 0"),
+        ({"n_classes": 1}, "n_classes must be an integer >= 2, got 1"),
+        ({"n_features": 3, "n_informative": 4}, "n_informative=4 must be <= n_features=3"),
+        (
+            {"n_classes": 5, "n_informative": 2},
+            "n_classes=5 needs 2\\*\\*n_informative >= n_classes",
+        ),
+        ({"class_sep": -1.0}, "class_sep must be a finite number >= 0, got -1.0"),
+        ({"flip_y": 1.5}, "flip_y must be a number in \\[0, 1\\], got 1.5"),
+        ({"dtype": "int32"}, "dtype must be a floating dtype, got int32"),
+        ({"chunk_rows": 0}, "chunk_rows must be an integer >= 1, got 0"),
+        ({"random_state": -3}, "random_state must be an integer >= 0, got -3"),
+    ],
+)
 def test_make_classification_store_validates(tmp_path, kwargs, message):
     kwargs = {"n_samples": 10, "random_state": 0, **kwargs}
     with pytest.raises(ValueError, match=message):

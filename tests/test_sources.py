@@ -97,8 +97,11 @@ def test_read_mnist_chunks(tmp_path):
     X, y = collect(src)
     np.testing.assert_array_equal(X, datasets.load_mnist(tmp_path, "test")[0])
     assert [len(x) for x, _ in src] == [2, 1]
-    assert src.attrs() == {"dataset": "mnist", "split": "test",
-                           "source": str(tmp_path / "mnist.pkl.gz")}
+    assert src.attrs() == {
+        "dataset": "mnist",
+        "split": "test",
+        "source": str(tmp_path / "mnist.pkl.gz"),
+    }
 
 
 # ----------------------------------------------------------------------------- read_csv: encoding
@@ -121,14 +124,17 @@ def test_read_csv_onehot_round_trip(tmp_path):
     np.testing.assert_array_equal(ds.X.compute(), np.array(expected, np.float32))
     np.testing.assert_array_equal(ds.y.compute(), [1, 2, 1, 0])
     assert ds.X.dtype == np.float32 and ds.y.dtype == np.int64
-    assert ds.attrs["attrs"] == {"feature_names": src.feature_names,
-                                 "target_names": ["bird", "cat", "dog"],
-                                 "source": str(tmp_path / "a.csv")}
+    assert ds.attrs["attrs"] == {
+        "feature_names": src.feature_names,
+        "target_names": ["bird", "cat", "dog"],
+        "source": str(tmp_path / "a.csv"),
+    }
 
 
 def test_read_csv_codes_round_trip(tmp_path):
-    src = sources.read_csv(write_csv(tmp_path / "a.csv", CSV), target="label", categorical="codes",
-                           dtype="float64")
+    src = sources.read_csv(
+        write_csv(tmp_path / "a.csv", CSV), target="label", categorical="codes", dtype="float64"
+    )
     assert src.feature_names == ["num", "color", "size"]
     ds = store.write(tmp_path / "s", src, format="memmap")
     X = store.open(tmp_path / "s").X.compute()
@@ -196,7 +202,8 @@ def test_read_csv_glob_categories_consistent(tmp_path):
 )
 @given(
     colors=st.lists(st.sampled_from(["red", "green", "blue", "teal"]), min_size=2, max_size=30),
-    split=st.integers(1, 29), chunk_rows=st.integers(1, 7),
+    split=st.integers(1, 29),
+    chunk_rows=st.integers(1, 7),
 )
 def test_read_csv_matches_pandas(tmp_path, colors, split, chunk_rows):
     """Whatever the files and chunks, one-hot columns equal pandas' get_dummies of the whole."""
@@ -257,11 +264,17 @@ def test_read_csv_empty_target(tmp_path):
         sources.read_csv(f, target="t")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"categorical": "dummies"}, r"categorical must be one of \('onehot', 'codes'\), got 'dummi"),
-    ({"chunk_rows": 0}, "chunk_rows must be a positive integer, got 0"),
-    ({"dtype": "int32"}, "dtype must be a floating dtype \\(for NaN\\), got int32"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"categorical": "dummies"},
+            r"categorical must be one of \('onehot', 'codes'\), got 'dummi",
+        ),
+        ({"chunk_rows": 0}, "chunk_rows must be a positive integer, got 0"),
+        ({"dtype": "int32"}, "dtype must be a floating dtype \\(for NaN\\), got int32"),
+    ],
+)
 def test_read_csv_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sources.read_csv(write_csv(tmp_path / "a.csv", CSV), **kwargs)

@@ -25,16 +25,29 @@ def _indexed(n, chunk_rows):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(1, 700), chunk_rows=st.integers(1, 120), batch_size=st.integers(1, 64),
-    window=st.integers(1, 5), seed=st.integers(0, 2**31), epoch=st.integers(0, 50),
-    shuffle=st.booleans(), prefetch=st.integers(0, 3),
+    n=st.integers(1, 700),
+    chunk_rows=st.integers(1, 120),
+    batch_size=st.integers(1, 64),
+    window=st.integers(1, 5),
+    seed=st.integers(0, 2**31),
+    epoch=st.integers(0, 50),
+    shuffle=st.booleans(),
+    prefetch=st.integers(0, 3),
 )
 def test_every_sample_once_in_the_order_of_seed_and_epoch(
     n, chunk_rows, batch_size, window, seed, epoch, shuffle, prefetch
 ):
     X, y = _indexed(n, chunk_rows)
-    stream = chunks(X, y, batch_size=batch_size, seed=seed, epoch=epoch, window=window,
-                    shuffle=shuffle, prefetch=prefetch)
+    stream = chunks(
+        X,
+        y,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        window=window,
+        shuffle=shuffle,
+        prefetch=prefetch,
+    )
     expected_len = len(stream)
     got = list(stream)
     assert len(got) == expected_len
@@ -53,13 +66,18 @@ def test_every_sample_once_in_the_order_of_seed_and_epoch(
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 500), chunk_rows=st.integers(1, 90), batch_size=st.integers(1, 40),
-       stop_after=st.integers(0, 30), seed=st.integers(0, 1000))
+@given(
+    n=st.integers(1, 500),
+    chunk_rows=st.integers(1, 90),
+    batch_size=st.integers(1, 40),
+    stop_after=st.integers(0, 30),
+    seed=st.integers(0, 1000),
+)
 def test_resume_yields_exactly_the_remainder(n, chunk_rows, batch_size, stop_after, seed):
     X, y = _indexed(n, chunk_rows)
     full = _rows(chunks(X, y, batch_size=batch_size, seed=seed, epoch=3))
     first = chunks(X, y, batch_size=batch_size, seed=seed, epoch=3)
-    head = [c for _, c in zip(range(stop_after), first)]
+    head = [c for _, c in zip(range(stop_after), first, strict=False)]
     state = first.state()
     first.close()
     rest = list(chunks(X, y, batch_size=batch_size, seed=seed, epoch=3, state=state))
@@ -100,8 +118,9 @@ def test_order_does_not_depend_on_read_speed_or_scheduler(zarr_store):
 
     for prefetch in (1, 4):
         with dask.config.set(scheduler="threads"):
-            got = chunks(zarr_store.X, zarr_store.y, batch_size=16, seed=9, prefetch=prefetch,
-                         transform=slow)
+            got = chunks(
+                zarr_store.X, zarr_store.y, batch_size=16, seed=9, prefetch=prefetch, transform=slow
+            )
             np.testing.assert_array_equal(_rows(got), ref)
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_array_equal(

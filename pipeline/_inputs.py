@@ -1,0 +1,160 @@
+"""Normalise what ``pipeline.store.write`` accepts into blocks of whole chunks.
+
+Arrays (numpy, memmap, dask, zarr) are sliced ``chunk_rows`` at a time;
+iterables of ``(X_chunk, y_chunk)`` pairs are re-cut into exactly ``chunk_rows``
+samples. Every piece is checked against the first (dtype kind, feature shape, y).
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+TARGET_CHUNK_BYTES = 2 * 2**20  # default chunks of ~2 MB: inside the 1-4 MB sweet spot
+
+
+def is_array(obj):
+    return hasattr(obj, "shape") and hasattr(obj, "dtype") and hasattr(obj, "__getitem__")
+
+
+def _check_dtype(dtype, name):
+    if np.dtype(dtype).kind not in "biuf":
+        raise TypeError(
+            f"{name} has dtype {np.dtype(dtype)}; stores hold numeric data only "
+            "(encode strings/categories as numbers first)"
+        )
+
+
+def _array_pieces(X, y, rows):
+    """Yield numpy ``(X, y)`` slices of ``rows`` samples from array-likes."""
+    n = X.shape[0]
+    for start in range(0, n, rows):
+        sl = slice(start, min(start + rows, n))
+        parts = (X[sl], None if y is None else y[sl])
+        if any(isinstance(p, da.Array) for p in parts):
+            parts = dask.compute(*parts)
+        yield tuple(None if p is None else np.asarray(p) for p in parts)
+
+
+def _pair_pieces(pairs):
+    """Yield numpy ``(X, y)`` pieces from an iterable of pairs (or of X chunks)."""
+    for item in pairs:
+        if isinstance(item, tuple) and len(item) == 2:
+            x, yc = item
+        else:
+            x, yc = item, None
+        if not is_array(x):
+            x = np.asarray(x)
+        yield np.asarray(x), None if yc is None else np.asarray(yc)
+
+
+def _as_array(obj, name):
+    if obj is None or is_array(obj):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return np.asarray(obj)
+    raise TypeError(
+        f"{name} must be an array (numpy, memmap, dask or zarr), got {type(obj).__name__}"
+    )
+
+
+def _is_pairs(X, y):
+    """True when X is an iterable of chunks rather than one array."""
+    if is_array(X):
+        return False
+    if isinstance(X, (list, tuple)):
+        return y is None and len(X) > 0 and isinstance(X[0], tuple)
+    return True
+
+
+def input_pieces(X, y, rows_hint):
+    """Normalise write()'s inputs into an iterator of numpy ``(X, y)`` pieces."""
+    if _is_pairs(X, y):
+        if y is not None:
+            raise TypeError("y must be None when X is an iterable of (X_chunk, y_chunk) pairs")
+        if isinstance(X, (str, bytes, dict)):
+            raise TypeError(
+                f"X must be an array or an iterable of (X, y) pairs, got {type(X).__name__}"
+            )
+        return _pair_pieces(X)
+    X, y = _as_array(X, "X"), _as_array(y, "y")
+    if X.ndim == 0:
+        raise ValueError("X must have a sample axis; got a 0-d array")
+    _check_dtype(X.dtype, "X")
+    if X.shape[0] == 0:
+        raise ValueError(f"X is empty: shape {tuple(X.shape)}")
+    if y is not None:
+        _check_dtype(y.dtype, "y")
+        if y.ndim not in (1, 2):
+            raise ValueError(f"y must be 1-D or 2-D, got shape {tuple(y.shape)}")
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"X and y have different lengths: {X.shape[0]} and {y.shape[0]} samples"
+            )
+    rows = rows_hint or default_chunk_rows(X.shape[1:], X.dtype)
+    return _array_pieces(X, y, rows)
+
+
+def default_chunk_rows(feature_shape, dtype, target_bytes=TARGET_CHUNK_BYTES):
+    """Rows per chunk so that one chunk of X holds about ``target_bytes``.
+
+    Rounded down to a multiple of 64 rows when that many fit.
+    """
+    row_bytes = max(1, int(np.prod(feature_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    rows = max(1, target_bytes // row_bytes)
+    return int(rows // 64 * 64) if rows >= 64 else int(rows)
+
+
+def blocks_of(pieces, rows):
+    """Re-cut a stream of ``(X, y)`` pieces into blocks of exactly ``rows`` samples.
+
+    The last block may be shorter. Holds at most one block plus one piece in memory.
+    """
+    xs, ys, held = [], [], 0
+    for x, y in pieces:
+        xs.append(x)
+        ys.append(y)
+        held += len(x)
+        while held >= rows:
+            X = np.concatenate(xs) if len(xs) > 1 else xs[0]
+            Y = None if ys[0] is None else (np.concatenate(ys) if len(ys) > 1 else ys[0])
+            yield X[:rows], None if Y is None else Y[:rows]
+            xs, ys, held = [X[rows:]], [None if Y is None else Y[rows:]], len(X) - rows
+    if held:
+        yield (
+            np.concatenate(xs),
+            None if ys[0] is None else np.concatenate(ys),
+        )
+
+
+class PieceChecker:
+    """Check that every piece agrees with the first on dtype, feature shape and y."""
+
+    def __init__(self):
+        self.first = None
+        self.index = -1
+
+    def __call__(self, x, y):
+        self.index += 1
+        where = f"chunk {self.index} of the input"
+        if x.ndim == 0:
+            raise ValueError(f"{where}: X must have a sample axis; got a 0-d array")
+        _check_dtype(x.dtype, f"X ({where})")
+        if y is not None:
+            _check_dtype(y.dtype, f"y ({where})")
+            if y.ndim not in (1, 2):
+                raise ValueError(f"{where}: y must be 1-D or 2-D, got shape {y.shape}")
+            if len(y) != len(x):
+                raise ValueError(f"{where}: X and y have different lengths: {len(x)} and {len(y)}")
+        sig = (x.shape[1:], y is None, None if y is None else y.shape[1:])
+        if self.first is None:
+            self.first = sig
+            self.x_dtype, self.y_dtype = x.dtype, None if y is None else y.dtype
+        elif sig != self.first:
+            raise ValueError(
+                f"{where} has X features {x.shape[1:]} and y {'absent' if y is None else y.shape[1:]}, "
+                f"but the first chunk had X features {self.first[0]} and y "
+                f"{'absent' if self.first[1] else self.first[2]}"
+            )
+        return x, y

@@ -1,0 +1,112 @@
+"""Writers that append whole chunks to a store being built (zarr or memmap).
+
+Each has ``append(X_block, y_block)``, ``n`` (samples written) and
+``finish(schema)``, which writes the schema last: the completion marker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline._schema import SCHEMA_FILE, SCHEMA_KEY
+
+NPY_HEADER_BYTES = 4096  # reserved .npy header, so a file of unknown length can stream
+
+
+class ZarrWriter:
+    """Append whole chunks to a zarr group's X and y arrays."""
+
+    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows):
+        self.group = zarr.open_group(location, mode="w", zarr_format=3)
+        codec = zarr.codecs.ZstdCodec(level=1, checksum=True)  # checksums catch corruption
+        config = {"write_empty_chunks": True}  # every chunk exists, so absence is an error
+        self.arrays = {
+            "X": self.group.create_array(
+                "X",
+                shape=(0, *feature_shape),
+                chunks=(rows, *feature_shape),
+                dtype=x_dtype,
+                compressors=codec,
+                config=config,
+            )
+        }
+        if y_dtype is not None:
+            self.arrays["y"] = self.group.create_array(
+                "y",
+                shape=(0, *y_tail),
+                chunks=(rows, *y_tail),
+                dtype=y_dtype,
+                compressors=codec,
+                config=config,
+            )
+        self.n = 0
+
+    def append(self, x, y):
+        stop = self.n + len(x)
+        for name, block in (("X", x), ("y", y)):
+            if name in self.arrays:
+                arr = self.arrays[name]
+                arr.resize((stop, *arr.shape[1:]))
+                arr[self.n : stop] = block
+        self.n = stop
+
+    def finish(self, schema):
+        self.group.attrs.update({SCHEMA_KEY: schema})
+
+
+def _npy_header(dtype, shape):
+    """A version-1.0 ``.npy`` header padded to exactly ``NPY_HEADER_BYTES``."""
+    d = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(shape),
+    }
+    body = repr(d).encode("latin1")
+    magic = np.lib.format.magic(1, 0)
+    pad = NPY_HEADER_BYTES - len(magic) - 2 - len(body) - 1
+    return (
+        magic + np.uint16(NPY_HEADER_BYTES - len(magic) - 2).tobytes() + body + b" " * pad + b"\n"
+    )
+
+
+class MemmapWriter:
+    """Stream raw rows into ``.npy`` files whose header is patched at the end."""
+
+    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows):
+        self.dir = Path(location)
+        self.dir.mkdir(parents=True)
+        self.meta = {"X": (x_dtype, tuple(feature_shape))}
+        if y_dtype is not None:
+            self.meta["y"] = (y_dtype, tuple(y_tail))
+        self.files = {name: builtins.open(self.dir / f"{name}.npy", "wb") for name in self.meta}
+        for f in self.files.values():
+            f.write(b"\0" * NPY_HEADER_BYTES)
+        self.n = 0
+
+    def append(self, x, y):
+        for name, block in (("X", x), ("y", y)):
+            if name in self.files:
+                self.files[name].write(np.ascontiguousarray(block, self.meta[name][0]).tobytes())
+        self.n += len(x)
+
+    def finish(self, schema):
+        for name, f in self.files.items():
+            dtype, tail = self.meta[name]
+            f.seek(0)
+            f.write(_npy_header(dtype, (self.n, *tail)))
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        tmp = self.dir / (SCHEMA_FILE + ".tmp")
+        tmp.write_text(json.dumps(schema, indent=1))
+        os.replace(tmp, self.dir / SCHEMA_FILE)
+
+    def close(self):
+        for f in self.files.values():
+            f.close()
