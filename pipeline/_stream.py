@@ -19,9 +19,10 @@ import threading
 import weakref
 from typing import NamedTuple
 
-import dask
 import dask.array as da
 import numpy as np
+from dask.base import get_scheduler
+from dask.optimization import cull
 
 from pipeline._store import Dataset
 
@@ -196,26 +197,44 @@ class ChunkStream:
         self.close()
 
 
-def _read_windows(X, y, plan, config, transform, skip):
-    """Yield ``(X, y)`` numpy windows in epoch order, skipping ``skip`` samples.
+class _BlockGraph:
+    """Compute whole store chunks of X (and y) by index, cheaply, many times.
 
-    One ``dask.compute`` per window: one task per store chunk, run in parallel.
+    The arrays' graphs are materialised once; each read culls them to the
+    requested blocks (work proportional to the window, not the store) and hands
+    that to the active scheduler: one task per store chunk (plus any lazy
+    preprocessing on it), run in parallel, on threads or a distributed Client.
     """
+
+    def __init__(self, *arrays):
+        self.arrays = arrays
+        self.graph = {}
+        for a in arrays:
+            self.graph.update(a.__dask_graph__())
+
+    def read(self, blocks):
+        """Per array, the list of its computed ``blocks`` (numpy)."""
+        keys = [[(a.name, int(b)) + (0,) * (a.ndim - 1) for b in blocks] for a in self.arrays]
+        flat = [k for ks in keys for k in ks]
+        graph, _ = cull(self.graph, flat)
+        got = get_scheduler(collections=list(self.arrays))(graph, flat)
+        return [list(got[i * len(blocks) : (i + 1) * len(blocks)]) for i in range(len(keys))]
+
+
+def _read_windows(X, y, plan, config, transform, skip):
+    """Yield ``(X, y)`` numpy windows in epoch order, skipping ``skip`` samples."""
     sizes = X.chunks[0]
+    reader = _BlockGraph(X) if y is None else _BlockGraph(X, y)
     for w, blocks in enumerate(plan):
         n = sum(sizes[b] for b in blocks)
         if skip >= n:
             skip -= n
             continue
-        parts = [X.blocks[int(b)] for b in blocks]
-        if y is not None:
-            parts += [y.blocks[int(b)] for b in blocks]
-        # tiny graphs: no optimisation (dask still culls them to these blocks)
-        got = dask.compute(*parts, optimize_graph=False)
+        parts = reader.read(blocks)
         perm = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)[skip:]
         skip = 0
-        Xw = _gather(got[: len(blocks)], perm)
-        yw = None if y is None else _gather(got[len(blocks) :], perm)
+        Xw = _gather(parts[0], perm)
+        yw = None if y is None else _gather(parts[1], perm)
         if transform is not None:
             Xw, yw = transform(Xw, yw)
         yield Xw, yw
@@ -285,6 +304,12 @@ def _pad(a, rows):
     return np.concatenate([a, pad])
 
 
+def _one_chunk_across_features(a):
+    if any(len(c) > 1 for c in a.chunks[1:]):
+        return a.rechunk({i: -1 for i in range(1, a.ndim)})
+    return a
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -344,7 +369,9 @@ def chunks(
         raise ValueError("X must be an array with known chunk sizes along axis 0")
     if X.shape[0] == 0:
         raise ValueError(f"X is empty: shape {X.shape}")
+    X = _one_chunk_across_features(X)
     if y is not None:
+        y = _one_chunk_across_features(y)
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"X and y have different lengths: {X.shape[0]} and {y.shape[0]}")
         if y.chunks[0] != X.chunks[0]:

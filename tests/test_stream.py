@@ -225,3 +225,35 @@ def test_one_read_per_store_chunk_per_epoch_even_under_preprocessing(tmp_path, m
     assert len(reads) == 2 * 20  # X and y, each chunk once
     expected = np.sort(ds.X[:, 0].compute() * 2 + 1)
     np.testing.assert_allclose(np.sort(np.concatenate(got)), expected, rtol=1e-6)
+
+
+def test_same_order_through_a_distributed_client(zarr_store):
+    from distributed import Client
+
+    ref = _rows(chunks(zarr_store.X, zarr_store.y, batch_size=16, seed=4, prefetch=0))
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None):
+        got = _rows(chunks(zarr_store.X, zarr_store.y, batch_size=16, seed=4))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_feature_axes_split_into_several_chunks_are_joined():
+    X = da.from_array(np.arange(600.0).reshape(100, 6), chunks=(10, 2))
+    got = list(chunks(X, batch_size=10, shuffle=False))
+    np.testing.assert_array_equal(np.concatenate([c.X[c.mask] for c in got]), X.compute())
+
+
+def test_each_read_hands_the_scheduler_only_its_window(monkeypatch):
+    import pipeline._stream as impl
+
+    sizes = []
+    real = impl.get_scheduler
+
+    def recording(**kw):
+        get = real(**kw) or dask.threaded.get
+        return lambda graph, keys: sizes.append(len(graph)) or get(graph, keys)
+
+    monkeypatch.setattr(impl, "get_scheduler", recording)
+    X, y = _indexed(20_000, 10)  # 2,000 store chunks
+    lazy = X * 2  # two graph layers for X, one for y
+    list(chunks(lazy, y, batch_size=10, window=4))
+    assert len(sizes) == 500 and max(sizes) <= 4 * 3  # the window's tasks, not the store's
