@@ -109,7 +109,9 @@ def default_chunk_rows(feature_shape, dtype, target_bytes=TARGET_CHUNK_BYTES):
 def blocks_of(pieces, rows):
     """Re-cut a stream of ``(X, y)`` pieces into blocks of exactly ``rows`` samples.
 
-    The last block may be shorter. Holds at most one block plus one piece in memory.
+    The last block may be shorter; ``y`` may be None throughout. Blocks are
+    views where a piece holds a whole block. Holds at most one block plus one
+    piece in memory.
     """
     xs, ys, held = [], [], 0
     for x, y in pieces:
@@ -117,15 +119,25 @@ def blocks_of(pieces, rows):
         ys.append(y)
         held += len(x)
         while held >= rows:
-            X = np.concatenate(xs) if len(xs) > 1 else xs[0]
-            Y = None if ys[0] is None else (np.concatenate(ys) if len(ys) > 1 else ys[0])
-            yield X[:rows], None if Y is None else Y[:rows]
-            xs, ys, held = [X[rows:]], [None if Y is None else Y[rows:]], len(X) - rows
+            yield _take(xs, rows), None if y is None else _take(ys, rows)
+            held -= rows
     if held:
-        yield (
-            np.concatenate(xs),
-            None if ys[0] is None else np.concatenate(ys),
-        )
+        yield _take(xs, held), None if ys[0] is None else _take(ys, held)
+
+
+def _take(parts, n):
+    """Remove and return the first ``n`` rows of a list of arrays (in place)."""
+    out, got = [], 0
+    while got < n:
+        head, need = parts[0], n - got
+        if len(head) <= need:
+            out.append(parts.pop(0))
+            got += len(head)
+        else:
+            out.append(head[:need])
+            parts[0] = head[need:]
+            got = n
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 class PieceChecker:

@@ -24,6 +24,7 @@ import numpy as np
 from dask.base import get_scheduler
 from dask.optimization import cull
 
+from pipeline._inputs import blocks_of
 from pipeline._store import Dataset
 
 __all__ = ["Chunk", "ChunkStream", "chunks", "epoch_order"]
@@ -257,17 +258,8 @@ def _gather(parts, perm):
 def _produce(windows, batch_size, n_batches):
     """Cut a stream of windows into training chunks; only the last is padded."""
     rows = batch_size * n_batches
-    xs, ys, held = [], [], 0
-    for Xw, yw in windows:
-        xs.append(Xw)
-        ys.append(yw)
-        held += len(Xw)
-        while held >= rows:
-            yield _shape(_take(xs, rows), None if yw is None else _take(ys, rows), rows, batch_size)
-            held -= rows
-    if held:
-        yc = None if ys[0] is None else _take(ys, held)
-        yield _shape(_take(xs, held), yc, rows, batch_size)
+    for Xc, yc in blocks_of(windows, rows):
+        yield _shape(Xc, yc, rows, batch_size)
 
 
 def _shape(Xc, yc, rows, batch_size):
@@ -281,22 +273,6 @@ def _shape(Xc, yc, rows, batch_size):
         y=None if yc is None else yc.reshape(nb, batch_size, *yc.shape[1:]),
         mask=mask.reshape(nb, batch_size),
     )
-
-
-def _take(parts, n):
-    """Remove and return the first ``n`` rows of a list of arrays (in place)."""
-    out, got = [], 0
-    while got < n:
-        head = parts[0]
-        need = n - got
-        if len(head) <= need:
-            out.append(parts.pop(0))
-            got += len(head)
-        else:
-            out.append(head[:need])
-            parts[0] = head[need:]
-            got = n
-    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 def _pad(a, rows):

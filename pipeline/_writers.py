@@ -26,25 +26,20 @@ class ZarrWriter:
         self.group = zarr.open_group(location, mode="w", zarr_format=3)
         codec = zarr.codecs.ZstdCodec(level=1, checksum=True)  # checksums catch corruption
         config = {"write_empty_chunks": True}  # every chunk exists, so absence is an error
-        self.arrays = {
-            "X": self.group.create_array(
-                "X",
-                shape=(0, *feature_shape),
-                chunks=(rows, *feature_shape),
-                dtype=x_dtype,
-                compressors=codec,
-                config=config,
-            )
-        }
+        shapes = {"X": (x_dtype, tuple(feature_shape))}
         if y_dtype is not None:
-            self.arrays["y"] = self.group.create_array(
-                "y",
-                shape=(0, *y_tail),
-                chunks=(rows, *y_tail),
-                dtype=y_dtype,
+            shapes["y"] = (y_dtype, tuple(y_tail))
+        self.arrays = {
+            name: self.group.create_array(
+                name,
+                shape=(0, *tail),
+                chunks=(rows, *tail),
+                dtype=dtype,
                 compressors=codec,
                 config=config,
             )
+            for name, (dtype, tail) in shapes.items()
+        }
         self.n = 0
 
     def append(self, x, y):
