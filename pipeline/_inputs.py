@@ -7,9 +7,10 @@ samples. Every piece is checked against the first (dtype kind, feature shape, y)
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
+
+from pipeline._graph import BlockGraph
 
 TARGET_CHUNK_BYTES = 2 * 2**20  # default chunks of ~2 MB: inside the 1-4 MB sweet spot
 
@@ -28,13 +29,29 @@ def _check_dtype(dtype, name):
 
 def _array_pieces(X, y, rows):
     """Yield numpy ``(X, y)`` slices of ``rows`` samples from array-likes."""
+    if isinstance(X, da.Array) or isinstance(y, da.Array):
+        yield from _dask_pieces(X, y, rows)
+        return
     n = X.shape[0]
     for start in range(0, n, rows):
         sl = slice(start, min(start + rows, n))
-        parts = (X[sl], None if y is None else y[sl])
-        if any(isinstance(p, da.Array) for p in parts):
-            parts = dask.compute(*parts)
-        yield tuple(None if p is None else np.asarray(p) for p in parts)
+        yield np.asarray(X[sl]), None if y is None else np.asarray(y[sl])
+
+
+def _dask_pieces(X, y, rows, per_call=4):
+    """Compute dask inputs ``per_call`` chunks of ``rows`` at a time, in parallel."""
+    arrays = [_rows_chunked(a, rows) for a in ((X,) if y is None else (X, y))]
+    reader = BlockGraph(*arrays)
+    for first in range(0, arrays[0].numblocks[0], per_call):
+        blocks = range(first, min(first + per_call, arrays[0].numblocks[0]))
+        parts = reader.read(blocks)
+        for i in range(len(blocks)):
+            yield parts[0][i], None if y is None else parts[1][i]
+
+
+def _rows_chunked(a, rows):
+    a = a if isinstance(a, da.Array) else da.from_array(a, chunks=rows)
+    return a.rechunk({0: rows, **{i: -1 for i in range(1, a.ndim)}})
 
 
 def _pair_pieces(pairs):

@@ -221,6 +221,7 @@ def write(
             None if y0 is None else y0.dtype,
             () if y0 is None else y0.shape[1:],
             rows,
+            n_total=_known_length(X),
         )
         classes = ClassCollector(y0.dtype if y0 is not None else "f8")
         for xb, yb in _with_progress(blocks, progress, _known_length(X)):

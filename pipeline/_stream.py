@@ -21,9 +21,8 @@ from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
-from dask.base import get_scheduler
-from dask.optimization import cull
 
+from pipeline._graph import BlockGraph
 from pipeline._inputs import blocks_of
 from pipeline._store import Dataset
 
@@ -198,34 +197,10 @@ class ChunkStream:
         self.close()
 
 
-class _BlockGraph:
-    """Compute whole store chunks of X (and y) by index, cheaply, many times.
-
-    The arrays' graphs are materialised once; each read culls them to the
-    requested blocks (work proportional to the window, not the store) and hands
-    that to the active scheduler: one task per store chunk (plus any lazy
-    preprocessing on it), run in parallel, on threads or a distributed Client.
-    """
-
-    def __init__(self, *arrays):
-        self.arrays = arrays
-        self.graph = {}
-        for a in arrays:
-            self.graph.update(a.__dask_graph__())
-
-    def read(self, blocks):
-        """Per array, the list of its computed ``blocks`` (numpy)."""
-        keys = [[(a.name, int(b)) + (0,) * (a.ndim - 1) for b in blocks] for a in self.arrays]
-        flat = [k for ks in keys for k in ks]
-        graph, _ = cull(self.graph, flat)
-        got = get_scheduler(collections=list(self.arrays))(graph, flat)
-        return [list(got[i * len(blocks) : (i + 1) * len(blocks)]) for i in range(len(keys))]
-
-
 def _read_windows(X, y, plan, config, transform, skip):
     """Yield ``(X, y)`` numpy windows in epoch order, skipping ``skip`` samples."""
     sizes = X.chunks[0]
-    reader = _BlockGraph(X) if y is None else _BlockGraph(X, y)
+    reader = BlockGraph(X) if y is None else BlockGraph(X, y)
     for w, blocks in enumerate(plan):
         n = sum(sizes[b] for b in blocks)
         if skip >= n:

@@ -20,9 +20,13 @@ NPY_HEADER_BYTES = 4096  # reserved .npy header, so a file of unknown length can
 
 
 class ZarrWriter:
-    """Append whole chunks to a zarr group's X and y arrays."""
+    """Append whole chunks to a zarr group's X and y arrays.
 
-    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows):
+    With ``n_total`` known the arrays are created at full size (no metadata
+    rewrite per chunk); otherwise they grow chunk by chunk.
+    """
+
+    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows, n_total=None):
         self.group = zarr.open_group(location, mode="w", zarr_format=3)
         codec = zarr.codecs.ZstdCodec(level=1, checksum=True)  # checksums catch corruption
         config = {"write_empty_chunks": True}  # every chunk exists, so absence is an error
@@ -32,7 +36,7 @@ class ZarrWriter:
         self.arrays = {
             name: self.group.create_array(
                 name,
-                shape=(0, *tail),
+                shape=(n_total or 0, *tail),
                 chunks=(rows, *tail),
                 dtype=dtype,
                 compressors=codec,
@@ -47,7 +51,8 @@ class ZarrWriter:
         for name, block in (("X", x), ("y", y)):
             if name in self.arrays:
                 arr = self.arrays[name]
-                arr.resize((stop, *arr.shape[1:]))
+                if stop > arr.shape[0]:
+                    arr.resize((stop, *arr.shape[1:]))
                 arr[self.n : stop] = block
         self.n = stop
 
@@ -73,7 +78,7 @@ def _npy_header(dtype, shape):
 class MemmapWriter:
     """Stream raw rows into ``.npy`` files whose header is patched at the end."""
 
-    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows):
+    def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows, n_total=None):
         self.dir = Path(location)
         self.dir.mkdir(parents=True)
         self.meta = {"X": (x_dtype, tuple(feature_shape))}

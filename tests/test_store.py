@@ -250,3 +250,15 @@ def test_dataset_pickles_small_for_workers(zarr_store):
     blob = pickle.dumps(zarr_store.X)
     assert len(blob) < 20_000  # the graph holds the store location, not the data
     np.testing.assert_array_equal(pickle.loads(blob).compute(), zarr_store.X.compute())
+
+
+def test_dask_input_is_read_once_per_chunk_in_few_calls(tmp_path, zarr_store, monkeypatch):
+    from pipeline._store import _ChunkReader
+
+    reads = []
+    original = _ChunkReader.__getitem__
+    monkeypatch.setattr(_ChunkReader, "__getitem__", lambda s, k: reads.append(k) or original(s, k))
+    lazy = zarr_store.X * 2  # a store's dask array, with preprocessing on top
+    copy = store.write(tmp_path / "copy.zarr", lazy, zarr_store.y, chunk_rows=100)
+    assert len(reads) == 2 * 11  # X and y: each of the 11 source chunks once
+    np.testing.assert_array_equal(copy.X.compute(), zarr_store.X.compute() * 2)

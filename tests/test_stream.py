@@ -243,7 +243,7 @@ def test_feature_axes_split_into_several_chunks_are_joined():
 
 
 def test_each_read_hands_the_scheduler_only_its_window(monkeypatch):
-    import pipeline._stream as impl
+    import pipeline._graph as impl
 
     sizes = []
     real = impl.get_scheduler
