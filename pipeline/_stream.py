@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline._graph import BlockGraph
-from pipeline._inputs import blocks_of
+from pipeline._inputs import blocks_of, default_chunk_rows
 from pipeline._store import Dataset
 
 __all__ = ["Chunk", "ChunkStream", "chunks", "epoch_order"]
@@ -46,18 +46,14 @@ class Chunk(NamedTuple):
     mask: np.ndarray
 
 
-def _as_dask(X, name):
+def _as_dask(X):
     if X is None or isinstance(X, da.Array):
         return X
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         X = np.asarray(X)
-    return da.from_array(X, chunks=(_default_rows(X),) + tuple(X.shape[1:]), name=False)
-
-
-def _default_rows(X):
-    from pipeline._store import default_chunk_rows
-
-    return default_chunk_rows(X.shape[1:], X.dtype)
+    return da.from_array(
+        X, chunks=(default_chunk_rows(X.shape[1:], X.dtype),) + tuple(X.shape[1:]), name=False
+    )
 
 
 def _window_plan(block_sizes, *, shuffle, seed, epoch, window):
@@ -315,7 +311,7 @@ def chunks(
     """
     if isinstance(X, Dataset):
         X, y = X.X, X.y if y is None else y
-    X, y = _as_dask(X, "X"), _as_dask(y, "y")
+    X, y = _as_dask(X), _as_dask(y)
     if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("X must be an array with known chunk sizes along axis 0")
     if X.shape[0] == 0:
