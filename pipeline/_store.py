@@ -173,6 +173,9 @@ def write(
     format : {"zarr", "memmap"}
     overwrite : bool
         Replace an existing store at ``path`` (never a directory that is not a store).
+        Locally the new store is renamed over the old one only once complete. On
+        non-local fsspec URLs (no rename there) the old store is removed first: a
+        failed write then leaves nothing that opens, and the old data is gone.
     attrs : dict, optional
         JSON-serialisable user metadata kept in the schema under ``"attrs"``.
     progress : bool or str, default=False
