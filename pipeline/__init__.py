@@ -2,11 +2,26 @@
 
 Chunked Zarr / memmap stores (:mod:`pipeline.store`), chunk streams for training
 (:mod:`pipeline.stream`), readers (:mod:`pipeline.sources`) and named datasets
-(:mod:`pipeline.datasets`).
+(:mod:`pipeline.datasets`), scikit-learn estimators on JAX networks
+(:class:`MLPClassifier`, :class:`MLPRegressor`) saved and loaded as Zarr groups
+(:func:`load`).
 """
 
-from pipeline import datasets, sources, store, stream
+from pipeline import datasets, estimators, nn, sources, store, stream
+from pipeline.checkpoint import load
+from pipeline.estimators import MLPClassifier, MLPRegressor
 
 __version__ = "0.1.0"
 
-__all__ = ["datasets", "sources", "store", "stream", "__version__"]
+__all__ = [
+    "MLPClassifier",
+    "MLPRegressor",
+    "datasets",
+    "estimators",
+    "load",
+    "nn",
+    "sources",
+    "store",
+    "stream",
+    "__version__",
+]

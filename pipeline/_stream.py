@@ -193,10 +193,24 @@ class ChunkStream:
         self.close()
 
 
-def _read_windows(X, y, plan, config, transform, skip):
+class _MemoryBlocks:
+    """``BlockGraph``'s ``read`` for numpy arrays in RAM: views, no dask, no copies."""
+
+    def __init__(self, sizes, *arrays):
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.arrays = arrays
+
+    def read(self, blocks):
+        s = self.starts
+        return [[a[s[b] : s[b + 1]] for b in blocks] for a in self.arrays]
+
+
+def _in_memory(a):
+    return a is None or (type(a) is np.ndarray)
+
+
+def _read_windows(reader, sizes, has_y, plan, config, transform, skip):
     """Yield ``(X, y)`` numpy windows in epoch order, skipping ``skip`` samples."""
-    sizes = X.chunks[0]
-    reader = BlockGraph(X) if y is None else BlockGraph(X, y)
     for w, blocks in enumerate(plan):
         n = sum(sizes[b] for b in blocks)
         if skip >= n:
@@ -206,7 +220,7 @@ def _read_windows(X, y, plan, config, transform, skip):
         perm = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)[skip:]
         skip = 0
         Xw = _gather(parts[0], perm)
-        yw = None if y is None else _gather(parts[1], perm)
+        yw = _gather(parts[1], perm) if has_y else None
         if transform is not None:
             Xw, yw = transform(Xw, yw)
         yield Xw, yw
@@ -311,6 +325,7 @@ def chunks(
     """
     if isinstance(X, Dataset):
         X, y = X.X, X.y if y is None else y
+    in_memory = [a for a in (X, y) if a is not None] if _in_memory(X) and _in_memory(y) else None
     X, y = _as_dask(X), _as_dask(y)
     if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("X must be an array with known chunk sizes along axis 0")
@@ -342,7 +357,13 @@ def chunks(
     position = 0 if state is None else _resume_position(state, config)
     plan = _window_plan(X.chunks[0], shuffle=shuffle, seed=seed, epoch=epoch, window=window)
     rows = batch_size * n_batches
-    windows = _read_windows(X, y, plan, config, transform, skip=position * rows)
+    if in_memory:
+        reader = _MemoryBlocks(X.chunks[0], *in_memory)
+    else:
+        reader = BlockGraph(X) if y is None else BlockGraph(X, y)
+    windows = _read_windows(
+        reader, X.chunks[0], y is not None, plan, config, transform, skip=position * rows
+    )
     items = _produce(windows, batch_size, n_batches)
     total = math.ceil(X.shape[0] / rows)
     return ChunkStream(items, config=config, total=total, position=position, prefetch=prefetch)

@@ -1,0 +1,554 @@
+"""The engine under every network estimator: inputs, streaming fit, prediction.
+
+One path serves every network (:class:`NeuralNetBase`): validate inputs (numpy
+in memory; dask, zarr, memmaps and stores streamed), encode targets into one
+table (:mod:`pipeline._targets`), stream chunks (:func:`pipeline.stream.chunks`)
+into the jitted chunk step (:mod:`pipeline.nn`), and apply scikit-learn's
+stopping policy between epochs. A subclass says which network to build and how
+its parameters map to fitted attributes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import NamedTuple
+
+import dask.array as da
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from dask.base import tokenize
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import (
+    _check_n_features,
+    _check_sample_weight,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
+from tqdm.auto import tqdm
+
+from pipeline import nn
+from pipeline._inputs import default_chunk_rows
+from pipeline._store import Dataset
+from pipeline._stream import chunks
+from pipeline._targets import classes_of, score_aggregate, score_chunk, target_table
+
+__all__ = ["NeuralNetBase", "as_streamed", "is_streamed"]
+
+PREDICT_ROWS = 1024  # inference runs on blocks of this many rows, padded: one compilation
+CHUNK_ROWS = 4096  # training chunks hold at least about this many samples
+
+
+def is_streamed(X):
+    """True for inputs that are read chunk by chunk rather than held in memory."""
+    return isinstance(X, (da.Array, Dataset, np.memmap)) or type(X).__module__.startswith("zarr")
+
+
+def as_streamed(X):
+    """A dask array view of a streamed input (dask, zarr array, Dataset, memmap)."""
+    if isinstance(X, Dataset):
+        return X.X
+    if isinstance(X, da.Array):
+        return X
+    if type(X).__module__.startswith("zarr"):
+        return da.from_zarr(X)
+    rows = default_chunk_rows(X.shape[1:], X.dtype)
+    return da.from_array(X, chunks=(rows, *X.shape[1:]), name=f"memmap-{tokenize(X)}")
+
+
+class _Data(NamedTuple):
+    """Validated training data: X (numpy float32 or dask), target table Y, length."""
+
+    X: object
+    Y: object
+    n: int
+    streamed: bool
+
+
+def _check_finite_window(Xw, Yw, dtype=np.float32):
+    """Stream transform: features as ``dtype``, refusing NaN and infinity."""
+    Xw = np.asarray(Xw, dtype=dtype)
+    if not np.isfinite(Xw).all():
+        bad = np.unique(np.nonzero(~np.isfinite(Xw.reshape(len(Xw), -1)))[0])
+        raise ValueError(
+            f"Input X contains NaN or infinity: {len(bad)} of the {len(Xw)} samples in one "
+            "streamed window have non-finite features; clean or impute the data first."
+        )
+    return Xw, Yw
+
+
+def _to_numpy(tree):
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def _to_device(tree):
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+class NeuralNetBase(BaseEstimator):
+    """Shared machinery of the network estimators (not for direct use).
+
+    Subclasses define ``_model(n_features, n_outputs) -> (factory, kwargs)``,
+    ``_export_params(params)`` / ``_import_params()``, and ``_target_kind``.
+    """
+
+    _feature_ndim = 1  # dimensions of one sample's features (1: flat vectors)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _validate_X(self, X, reset):
+        """Numpy float32 (validated) or a dask array (checked by shape and dtype)."""
+        if not is_streamed(X):
+            return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
+        X = as_streamed(X)
+        if X.ndim != 1 + self._feature_ndim:
+            raise ValueError(
+                f"Expected a {1 + self._feature_ndim}-D array of shape (n_samples, "
+                f"{'n_features' if self._feature_ndim == 1 else '*feature_shape'}), "
+                f"got shape {X.shape}"
+            )
+        if np.dtype(X.dtype).kind not in "biuf":
+            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+        if X.shape[0] == 0:
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
+            )
+        _check_n_features(self, X, reset=reset)
+        return X
+
+    def _validate_training(self, X, y, sample_weight, *, reset, classes=None):
+        """Validate (X, y, sample_weight) and build the target table: a :class:`_Data`."""
+        if isinstance(X, Dataset) and y is None:
+            known, y = X.classes, X.y
+        else:
+            known = None
+        if not is_streamed(X):
+            X, y = validate_data(
+                self,
+                X,
+                y,
+                reset=reset,
+                dtype=(np.float64, np.float32),
+                multi_output=True,
+                y_numeric=self._target_kind is None,
+            )
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = column_or_1d(y, warn=True)
+            if sample_weight is not None:
+                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
+            streamed = False
+        else:
+            if y is None:
+                raise ValueError(
+                    f"{type(self).__name__} requires y to be passed, but the target y is None"
+                )
+            X = self._validate_X(X, reset)
+            y = (
+                as_streamed(y)
+                if is_streamed(y)
+                else da.from_array(np.asarray(y), chunks=(X.chunks[0],) + np.shape(y)[1:])
+            )
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"Found input variables with inconsistent numbers of samples:"
+                    f" [{X.shape[0]}, {y.shape[0]}]"
+                )
+            streamed = True
+        kind = self._encode_kind(y, reset=reset, classes=classes, known=known)
+        Y = target_table(y, sample_weight, kind, getattr(self, "classes_", None))
+        return _Data(X, Y, int(X.shape[0]), streamed)
+
+    def _encode_kind(self, y, *, reset, classes, known):
+        """Target kind; for classifiers, set or check ``classes_``."""
+        if self._target_kind is None:
+            self._kind = "continuous"
+            return self._kind
+        if reset:
+            kind, cls = classes_of(y, known=classes if classes is not None else known)
+            self.classes_, self._kind = cls, kind
+        return self._kind
+
+    # ------------------------------------------------------------------ fitting
+
+    def _model_config(self, n_features, n_outputs):
+        factory, kwargs = self._model(n_features, n_outputs)
+        return factory, tuple(sorted(kwargs.items()))
+
+    def _initialize(self, data):
+        self._dtype = "float64" if data.X.dtype == np.float64 else "float32"
+        rs = check_random_state(self.random_state)
+        self._seed = int(rs.randint(np.iinfo(np.int32).max))
+        n_outputs = self._n_outputs(data.Y)
+        self.n_outputs_ = n_outputs
+        self._config = self._model_config(self.n_features_in_, n_outputs)
+        key = jax.random.key(self._seed)
+        params, _ = nn.build(*self._config, key)
+        self._export_params(_to_numpy(params))
+        self._state = _to_numpy(nn.initial_state(nn.build(*self._config, key)[0]))
+        self._key = np.asarray(jax.random.key_data(jax.random.fold_in(key, 1)))
+        self._epochs_seen = 0
+        self.n_iter_, self.t_ = 0, 0
+        self.out_activation_ = self._out_activation()
+        self.n_layers_ = self._n_layers()
+        if self.solver != "lbfgs":
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_, self.best_validation_score_ = [], -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = self.best_validation_score_ = None
+
+    def _n_outputs(self, Y):
+        if self._kind == "multiclass":
+            return len(self.classes_)
+        return int(Y.shape[1]) - 1
+
+    def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
+        first = not hasattr(self, "_config") or not (self.warm_start or incremental)
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        self._check_solver_options()
+        data = self._validate_training(X, y, sample_weight, reset=first, classes=classes)
+        with jax.enable_x64(data.X.dtype == np.float64 if first else self._dtype == "float64"):
+            if first:
+                self._initialize(data)
+            data = data._replace(X=self._cast(data.X))
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(data)
+            else:
+                self._fit_stochastic(data, incremental)
+        if not all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(self._import_params())):
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may"
+                " contain large values and need to be preprocessed."
+            )
+        return self
+
+    def _cast(self, X):
+        """In-memory X in the compute dtype (streamed X is cast chunk by chunk)."""
+        return X if isinstance(X, da.Array) else X.astype(self._dtype, copy=False)
+
+    def _precision(self):
+        """The scope in which this estimator's JAX code runs: 64-bit for float64 data,
+        as scikit-learn computes in the data's dtype."""
+        return jax.enable_x64(self._dtype == "float64")
+
+    def _window_check(self):
+        return functools.partial(_check_finite_window, dtype=self._dtype)
+
+    def _check_solver_options(self):
+        if self.solver == "lbfgs" and (self.dropout > 0 or self.batch_norm):
+            raise ValueError(
+                "solver='lbfgs' optimises the full-batch loss and supports neither "
+                f"dropout (got {self.dropout}) nor batch_norm (got "
+                f"{self.batch_norm}); use a stochastic solver such as 'adam'"
+            )
+
+    def _hyper(self):
+        l2 = 0.0 if self.solver == "adamw" else float(self.alpha)
+        return (jnp.asarray(l2, self._dtype), jnp.asarray(self.l1, self._dtype))
+
+    def _batch_size(self, n):
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(
+                "Got `batch_size` less than 1 or larger than sample size. It is "
+                "going to be clipped",
+                stacklevel=3,
+            )
+        return int(np.clip(self.batch_size, 1, n))
+
+    def _optimizer_spec(self, batch_size, steps_per_epoch):
+        """(optimizer kwargs, schedule kwargs, learning rate to start the state with)."""
+        opt = dict(
+            name=self.solver,
+            momentum=float(self.momentum),
+            nesterov=bool(self.nesterovs_momentum),
+            beta_1=float(self.beta_1),
+            beta_2=float(self.beta_2),
+            epsilon=float(self.epsilon),
+            weight_decay=float(self.alpha) if self.solver == "adamw" else 0.0,
+            clip_norm=None if self.clip_norm is None else float(self.clip_norm),
+        )
+        kind = self.learning_rate
+        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        sched = dict(
+            kind=kind,
+            learning_rate_init=float(self.learning_rate_init),
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=warmup,
+            total_steps=self.max_iter * steps_per_epoch,
+            power_t=float(self.power_t),
+            batch_size=batch_size,
+            decay=float(self.lr_decay),
+            decay_epochs=float(self.lr_decay_epochs),
+        )
+        if kind in ("constant", "adaptive") and warmup == 0:
+            # the rate lives in the optimizer state: one compiled step for every rate
+            sched = dict(kind="constant", learning_rate_init=1.0, steps_per_epoch=1, total_steps=1)
+        return tuple(sorted(opt.items())), tuple(sorted(sched.items()))
+
+    def _optimizer_state(self, params, spec, fresh):
+        if not fresh and getattr(self, "_opt_spec", None) == spec:
+            return _to_device(self._opt_state)
+        opt_kwargs, sched_kwargs = spec
+        sched = dict(sched_kwargs)
+        if sched["kind"] == "constant" and sched["learning_rate_init"] == 1.0:
+            sched["learning_rate_init"] = float(self.learning_rate_init)
+        optimizer = nn.make_optimizer(**dict(opt_kwargs), learning_rate=nn.make_schedule(**sched))
+        self._opt_spec = spec
+        return optimizer.init(params)
+
+    def _fit_stochastic(self, data, incremental):
+        train, val = self._split(data) if self.early_stopping else (data, None)
+        bs = self._batch_size(train.n)
+        n_batches = max(1, math.ceil(CHUNK_ROWS / bs))
+        if train.streamed:
+            n_batches = max(n_batches, train.X.chunks[0][0] // bs)
+        spec = self._optimizer_spec(bs, math.ceil(train.n / bs))
+        step = nn.compiled_step(*self._config, self.out_activation_, *spec)
+        params = _to_device(self._import_params())
+        carry = [
+            params,
+            _to_device(self._state),
+            self._optimizer_state(params, spec, fresh=not incremental),
+            jax.random.wrap_key_data(jnp.asarray(self._key)),
+        ]
+        epochs = 1 if incremental else self.max_iter
+        bar = tqdm(
+            total=epochs,
+            unit="epoch",
+            disable=not self.verbose,
+            leave=True,
+            desc=type(self).__name__,
+        )
+        try:
+            for _ in range(epochs):
+                carry, loss = self._epoch(step, carry, train, bs, n_batches, bar)
+                if self._end_epoch(loss, train.n, carry, val, bar) or incremental:
+                    break
+            else:
+                warnings.warn(
+                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                    "reached and the optimization hasn't converged yet.",
+                    ConvergenceWarning,
+                    stacklevel=3,
+                )
+        finally:
+            bar.close()
+            self._store_carry(carry)
+        if self.early_stopping:
+            self._export_params(self._best_params)
+
+    def _store_carry(self, carry):
+        params, state, opt_state, key = carry
+        self._export_params(_to_numpy(params))
+        self._state, self._opt_state = _to_numpy(state), _to_numpy(opt_state)
+        self._key = np.asarray(jax.random.key_data(key))
+
+    def _epoch(self, step, carry, train, batch_size, n_batches, bar):
+        """One pass over ``train``: the new carry and the mean training loss."""
+        stream = chunks(
+            train.X,
+            train.Y,
+            batch_size=batch_size,
+            shuffle=self.shuffle,
+            seed=self._seed,
+            epoch=self._epochs_seen,
+            prefetch=self.prefetch,
+            n_batches=n_batches,
+            transform=self._window_check() if train.streamed else None,
+        )
+        sums, hyper, total = [], self._hyper(), len(stream)
+        with stream:
+            for c in stream:
+                *carry, metrics = step(*carry, c.X, c.y, c.mask, hyper)
+                sums.append(metrics["loss_sum"])
+                bar.update(1 / total)
+        self._epochs_seen += 1
+        return carry, float(sum(jax.device_get(sums))) / train.n
+
+    def _end_epoch(self, loss, n, carry, val, bar):
+        """scikit-learn's bookkeeping and stopping policy; True to stop."""
+        self.n_iter_ += 1
+        self.t_ += n
+        self.loss_ = loss
+        self.loss_curve_.append(loss)
+        if val is not None:
+            score = self._streamed_score(
+                val.X, val.Y, val.streamed, params=carry[0], state=carry[1]
+            )
+            self.validation_scores_.append(score)
+            improved = score >= self.best_validation_score_ + self.tol
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = _to_numpy(carry[0])
+            bar.set_postfix(loss=f"{loss:.4g}", val=f"{score:.4f}", refresh=False)
+        else:
+            improved = loss <= self.best_loss_ - self.tol
+            self.best_loss_ = min(self.best_loss_, loss)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.n = self.n_iter_ if bar.total else bar.n
+        bar.refresh()
+        self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
+        if self._no_improvement_count <= self.n_iter_no_change:
+            return False
+        if self.learning_rate == "adaptive":
+            lr = nn.current_learning_rate(carry[2])
+            if lr > 1e-6:
+                carry[2] = nn.set_learning_rate(carry[2], lr / 5.0)
+                self._no_improvement_count = 0
+                return False
+        return True
+
+    def _split(self, data):
+        """Hold out ``validation_fraction`` of the samples (lazily for streamed data)."""
+        n_val = math.ceil(self.validation_fraction * data.n)
+        if n_val < 2 or data.n - n_val < 1:
+            raise ValueError(
+                "The validation set is too small. Increase 'validation_fraction' "
+                "or the size of your dataset."
+            )
+        if not data.streamed:
+            stratify = data.Y[:, 0] if self._kind in ("binary", "multiclass") else None
+            X_tr, X_val, Y_tr, Y_val = train_test_split(
+                data.X,
+                data.Y,
+                random_state=self._seed,
+                test_size=self.validation_fraction,
+                stratify=stratify,
+            )
+            return _Data(X_tr, Y_tr, len(X_tr), False), _Data(X_val, Y_val, len(X_val), False)
+        held = np.zeros(data.n, dtype=bool)
+        held[np.random.default_rng([self._seed, 1]).permutation(data.n)[:n_val]] = True
+        parts = [_Data(data.X[m], data.Y[m], int(m.sum()), True) for m in (~held, held)]
+        return tuple(parts)
+
+    def _fit_lbfgs(self, data):
+        if data.streamed:
+            raise ValueError(
+                "solver='lbfgs' optimises the loss of the whole dataset at once and needs it in "
+                f"memory, but X is streamed ({type(data.X).__name__} of shape {data.X.shape}). "
+                "Use a stochastic solver ('adam', 'sgd', ...) to train out-of-core, or pass "
+                "np.asarray(X) if the data fits in memory."
+            )
+        objective = nn.compiled_objective(*self._config, self.out_activation_)
+        params = _to_device(self._import_params())
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        state, X = _to_device(self._state), jnp.asarray(data.X)
+        Y = jnp.asarray(data.Y, X.dtype)
+        mask, hyper = jnp.ones(data.n, bool), self._hyper()
+
+        def fun(v):
+            (loss, _), grads = objective(
+                unravel(jnp.asarray(v, self._dtype)), state, X, Y, mask, hyper
+            )
+            return float(loss), np.asarray(jax.flatten_util.ravel_pytree(grads)[0], np.float64)
+
+        res = scipy.optimize.minimize(
+            fun,
+            np.asarray(flat, np.float64),
+            method="L-BFGS-B",
+            jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
+        )
+        self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
+        self.loss_ = float(res.fun)
+        self.t_ += data.n
+        self._export_params(_to_numpy(unravel(jnp.asarray(res.x, self._dtype))))
+
+    # --------------------------------------------------------------- prediction
+
+    def _outputs(self, X):
+        """Output activations: numpy (n, n_outputs) for in-memory X, lazy for dask X."""
+        check_is_fitted(self)
+        if not is_streamed(X):
+            X = self._validate_X(X, reset=False).astype(self._dtype, copy=False)
+            with self._precision():
+                return self._forward_numpy(X).astype(np.float64)
+        lazy_in = isinstance(X, (da.Array, Dataset))
+        X = self._validate_X(X, reset=False)
+        lazy = X.map_blocks(
+            self._forward_block,
+            dtype=self._dtype,
+            chunks=(X.chunks[0], (self.n_outputs_,)),
+            drop_axis=list(range(2, X.ndim)) or None,
+            name=f"pipeline-forward-{tokenize(X.name, self._fingerprint())}",
+            meta=np.empty((0, self.n_outputs_), self._dtype),
+        ).astype(np.float64)
+        return lazy if lazy_in else lazy.compute()
+
+    def _forward_block(self, Xb):
+        Xb, _ = _check_finite_window(Xb, None, self._dtype)
+        with self._precision():
+            return self._forward_numpy(np.ascontiguousarray(Xb))
+
+    def _forward_numpy(self, X, params=None, state=None):
+        forward = nn.compiled_forward(*self._config, self.out_activation_)
+        params = _to_device(self._import_params()) if params is None else params
+        state = _to_device(self._state) if state is None else state
+        out = np.empty((len(X), self.n_outputs_), dtype=self._dtype)
+        for start in range(0, len(X), PREDICT_ROWS):
+            block = X[start : start + PREDICT_ROWS]
+            pad = PREDICT_ROWS - len(block)
+            if pad:
+                block = np.concatenate([block, np.zeros((pad, *block.shape[1:]), block.dtype)])
+            out[start : start + PREDICT_ROWS] = np.asarray(forward(params, state, block))[
+                : PREDICT_ROWS - pad
+            ]
+        return out
+
+    def _streamed_score(self, X, Y, streamed, *, params=None, state=None):
+        """The estimator's score over (X, Y), chunk by chunk: combine, then aggregate."""
+        params = _to_device(self._import_params()) if params is None else params
+        state = _to_device(self._state) if state is None else state
+        total = 0.0
+        stream = chunks(
+            X,
+            Y,
+            batch_size=PREDICT_ROWS,
+            shuffle=False,
+            n_batches=1,
+            prefetch=self.prefetch,
+            transform=self._window_check() if streamed else None,
+        )
+        with stream:
+            for c in stream:
+                P = self._forward_numpy(c.X[0], params, state)
+                Yc = np.where(c.mask[0][:, None], c.y[0], 0.0)
+                total = total + score_chunk(self._kind, P, Yc)
+        return score_aggregate(self._kind, total)
+
+    def _fingerprint(self):
+        leaves = jax.tree_util.tree_leaves(self._import_params())
+        return tokenize(type(self).__name__, self.get_params(deep=False), leaves, self._state)
+
+    def __dask_tokenize__(self):
+        if hasattr(self, "_config"):
+            return self._fingerprint()
+        return tokenize(type(self).__name__, self.get_params(deep=False))
+
+    # -------------------------------------------------------------- scoring
+
+    def _score_streamed(self, X, y, sample_weight):
+        X = self._validate_X(X, reset=False)
+        y = (
+            as_streamed(y)
+            if is_streamed(y)
+            else da.from_array(np.asarray(y), chunks=(X.chunks[0],) + np.shape(y)[1:])
+        )
+        Y = target_table(y, sample_weight, self._kind, getattr(self, "classes_", None))
+        with self._precision():
+            return self._streamed_score(X, Y, True)

@@ -1,0 +1,45 @@
+"""Networks and training steps: equinox modules, optax optimizers, jitted chunk steps.
+
+Nothing in here knows about scikit-learn; the estimators in
+:mod:`pipeline.estimators` are built on top of it.
+"""
+
+from pipeline.nn._mlp import ACTIVATIONS, MLP, BatchNorm, NormStats, initial_state
+from pipeline.nn._optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    current_learning_rate,
+    make_optimizer,
+    make_schedule,
+    set_learning_rate,
+)
+from pipeline.nn._train import (
+    LOSSES,
+    OUTPUT_ACTIVATIONS,
+    build,
+    compiled_forward,
+    compiled_objective,
+    compiled_step,
+    penalty,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "OPTIMIZERS",
+    "OUTPUT_ACTIVATIONS",
+    "SCHEDULES",
+    "BatchNorm",
+    "NormStats",
+    "build",
+    "compiled_forward",
+    "compiled_objective",
+    "compiled_step",
+    "current_learning_rate",
+    "initial_state",
+    "make_optimizer",
+    "make_schedule",
+    "penalty",
+    "set_learning_rate",
+]

@@ -1,0 +1,176 @@
+"""Jitted training steps, forward passes and full-batch objectives.
+
+A step trains on one stream chunk: a ``lax.scan`` over its mini-batches, pure
+in and out::
+
+    params, state, opt_state, key, metrics = step(
+        params, state, opt_state, key, X, Y, mask, hyper)
+
+``X`` has shape (n_batches, batch_size, *features); ``Y`` (n_batches,
+batch_size, n_targets + 1), its last column the sample weights; ``mask`` is
+False on padding, and a batch that is all padding changes nothing (the optimizer
+step count included). ``hyper`` is ``(alpha, l1)``, traced, so a search over
+them reuses one compiled step. Builders are cached on their (hashable)
+configuration, so every fit with the same shapes and configuration reuses the
+compiled code.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from pipeline.nn._optim import make_optimizer, make_schedule
+
+__all__ = [
+    "LOSSES",
+    "OUTPUT_ACTIVATIONS",
+    "build",
+    "compiled_forward",
+    "compiled_objective",
+    "compiled_step",
+    "penalty",
+]
+
+
+def _weighted_mean(per_sample, w):
+    return (per_sample * w).sum() / jnp.maximum(w.sum(), 1e-12)
+
+
+def _softmax_loss(out, y, w):
+    labels = y[..., 0].astype(jnp.int32)
+    return _weighted_mean(optax.softmax_cross_entropy_with_integer_labels(out, labels), w)
+
+
+def _sigmoid_loss(out, y, w):
+    return _weighted_mean(optax.sigmoid_binary_cross_entropy(out, y).sum(-1), w)
+
+
+def _squared_error(out, y, w):
+    return _weighted_mean(0.5 * ((out - y) ** 2).mean(-1), w)
+
+
+def _poisson(out, y, w):
+    """Half the Poisson deviance with a log link: ``out`` is log(mean)."""
+    dev = jax.scipy.special.xlogy(y, y) - y - y * out + jnp.exp(out)
+    return _weighted_mean(dev.sum(-1), w)
+
+
+LOSSES = {
+    "softmax": _softmax_loss,
+    "logistic": _sigmoid_loss,
+    "identity": _squared_error,
+    "exp": _poisson,
+}
+"""Loss by output activation: log-loss for softmax / logistic, squared error for identity,
+Poisson deviance for exp."""
+
+OUTPUT_ACTIVATIONS = {
+    "softmax": jax.nn.softmax,
+    "logistic": jax.nn.sigmoid,
+    "identity": lambda x: x,
+    "exp": jnp.exp,
+}
+
+
+def penalty(params, alpha, l1):
+    """``0.5 * alpha * ||W||^2 + l1 * |W|_1`` over the weight matrices (ndim >= 2)."""
+    weights = [w for w in jax.tree_util.tree_leaves(params) if w.ndim >= 2]
+    l2 = sum(jnp.vdot(w, w) for w in weights)
+    return 0.5 * alpha * l2 + l1 * sum(jnp.abs(w).sum() for w in weights)
+
+
+def build(factory, model_kwargs, key):
+    """``factory(**model_kwargs, key=key)`` split into (arrays, static skeleton)."""
+    return eqx.partition(factory(**dict(model_kwargs), key=key), eqx.is_array)
+
+
+def _skeleton(factory, model_kwargs):
+    return build(factory, model_kwargs, jax.random.key(0))[1]
+
+
+def _batch_loss(static, out_activation):
+    loss = LOSSES[out_activation]
+
+    def f(params, state, x, y, mask, key, hyper):
+        model = eqx.combine(params, static)
+        w = y[..., -1] * mask
+        out, state = model(x, state, key=key, train=True, weight=w)
+        n = jnp.maximum(w.sum(), 1e-12)
+        return loss(out, y[..., :-1], w) + penalty(params, *hyper) / n, state
+
+    return f
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_step(factory, model_kwargs, out_activation, optimizer_kwargs, schedule_kwargs):
+    """The jitted chunk step for one configuration (all arguments hashable).
+
+    ``optimizer_kwargs`` and ``schedule_kwargs`` are sorted ``(name, value)``
+    tuples for :func:`make_optimizer` and :func:`make_schedule`. A constant
+    learning rate is read from the optimizer state, so it need not be part of
+    the key: pass the state from ``make_optimizer(...).init(params)``.
+    """
+    loss_fn = _batch_loss(_skeleton(factory, model_kwargs), out_activation)
+    optimizer = make_optimizer(
+        **dict(optimizer_kwargs), learning_rate=make_schedule(**dict(schedule_kwargs))
+    )
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def one(hyper, carry, batch):
+        params, state, opt_state, key = carry
+        x, y, mask = batch
+        key, sub = jax.random.split(key)
+
+        def update(_):
+            (loss, new_state), grads = grad_fn(params, state, x, y, mask, sub, hyper)
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_state, new_opt, loss
+
+        def skip(_):
+            return (
+                params,
+                state,
+                opt_state,
+                jnp.zeros((), jax.tree_util.tree_leaves(params)[0].dtype),
+            )
+
+        params, state, opt_state, loss = jax.lax.cond(mask.any(), update, skip, None)
+        return (params, state, opt_state, key), (loss, mask.sum())
+
+    def step(params, state, opt_state, key, X, Y, mask, hyper):
+        carry, (losses, counts) = jax.lax.scan(
+            functools.partial(one, hyper), (params, state, opt_state, key), (X, Y, mask)
+        )
+        metrics = {"loss_sum": (losses * counts).sum(), "count": counts.sum()}
+        return (*carry, metrics)
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_forward(factory, model_kwargs, out_activation):
+    """Jitted inference: (params, state, X of shape (n, *features)) -> (n, n_outputs)."""
+    static = _skeleton(factory, model_kwargs)
+    act = OUTPUT_ACTIVATIONS[out_activation]
+
+    def forward(params, state, X):
+        out, _ = eqx.combine(params, static)(X, state, train=False)
+        return act(out)
+
+    return jax.jit(forward)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_objective(factory, model_kwargs, out_activation):
+    """Jitted full-batch loss and gradient (for L-BFGS): returns ((loss, state), grads)."""
+    loss_fn = _batch_loss(_skeleton(factory, model_kwargs), out_activation)
+
+    def objective(params, state, X, Y, mask, hyper):
+        return jax.value_and_grad(loss_fn, has_aux=True)(params, state, X, Y, mask, None, hyper)
+
+    return jax.jit(objective)

@@ -1,0 +1,12 @@
+"""scikit-learn's own estimator checks, for every estimator, default parameters."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from pipeline import MLPClassifier, MLPRegressor
+
+ESTIMATORS = [MLPClassifier(), MLPRegressor()]
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
