@@ -103,6 +103,13 @@ class NeuralNetBase(BaseEstimator):
 
     _feature_ndim = 1  # dimensions of one sample's features (1: flat vectors)
 
+    def save(self, path, *, overwrite=False):
+        """Write this estimator to a Zarr group (arrays + JSON); read it with
+        :func:`pipeline.load`. No pickle is involved either way."""
+        from pipeline.checkpoint import save
+
+        save(self, path, overwrite=overwrite)
+
     # ------------------------------------------------------------------ inputs
 
     def _validate_X(self, X, reset):

@@ -1,2 +1,233 @@
+"""Models and their training state as Zarr groups: arrays plus JSON, never pickle.
+
+``est.save(path)`` writes a group whose attributes hold the estimator's class
+name, its parameters and scalar fitted attributes (JSON), and whose arrays hold
+the network parameters, batch-norm statistics, optimizer state and RNG key.
+:func:`load` rebuilds the estimator from a fixed registry of our classes and
+plain data, so opening a model file from elsewhere cannot run code. A loaded
+model predicts identically and continues training (``partial_fit``,
+``warm_start``) exactly where the saved one would.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import zarr
+
+from pipeline import nn
+from pipeline._store import _check_destination, _local_path, _publish, _remove
+
+__all__ = ["load", "save"]
+
+FORMAT = "pipeline-model"
+FORMAT_VERSION = 1
+_SCALARS = (
+    "n_features_in_",
+    "n_outputs_",
+    "n_layers_",
+    "out_activation_",
+    "n_iter_",
+    "t_",
+    "loss_",
+    "loss_curve_",
+    "best_loss_",
+    "validation_scores_",
+    "best_validation_score_",
+    "_no_improvement_count",
+    "_seed",
+    "_epochs_seen",
+    "_dtype",
+    "_kind",
+)
+
+
+def _registry():
+    from pipeline import estimators
+
+    return {name: getattr(estimators, name) for name in estimators.__all__}
+
+
+def _to_json(value):
+    """Plain JSON: numpy scalars to Python, non-finite floats to strings, tuples to lists."""
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save {type(value).__name__} value {value!r} as JSON")
+
+
+def _from_json(value):
+    if isinstance(value, dict) and set(value) == {"float"}:
+        return float(value["float"])
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _params_json(est):
+    params = est.get_params(deep=False)
+    if not (params.get("random_state") is None or isinstance(params["random_state"], int)):
+        params["random_state"] = None  # a RandomState object is not data; it was consumed
+    return _to_json(params)
+
+
+def _write_tree(group, name, tree):
+    leaves = jax.tree_util.tree_leaves(tree)
+    for i, leaf in enumerate(leaves):
+        group.create_array(f"{name}/{i}", data=np.asarray(leaf))
+    return len(leaves)
+
+
+def _read_tree(group, name, count, template):
+    leaves = [group[f"{name}/{i}"][...] for i in range(count)]
+    treedef = jax.tree_util.tree_structure(template)
+    if treedef.num_leaves != count:
+        raise ValueError(
+            f"model file holds {count} arrays for {name!r}, the model needs "
+            f"{treedef.num_leaves}: the file is corrupt or from another version"
+        )
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _write_group(est, location):
+    group = zarr.open_group(location, mode="w", zarr_format=3)
+    fitted = {k: _to_json(getattr(est, k)) for k in _SCALARS if hasattr(est, k)}
+    counts = {}
+    if hasattr(est, "_config"):
+        counts["params"] = _write_tree(group, "params", est._import_params())
+        counts["state"] = _write_tree(group, "state", est._state)
+        if hasattr(est, "_opt_state"):
+            counts["opt_state"] = _write_tree(group, "opt_state", est._opt_state)
+            fitted["_opt_spec"] = _to_json(est._opt_spec)
+        group.create_array("key", data=np.asarray(est._key))
+    if hasattr(est, "classes_"):
+        classes = np.asarray(est.classes_)
+        group.create_array(
+            "classes", data=classes.astype(str) if classes.dtype == object else classes
+        )
+    if hasattr(est, "feature_names_in_"):
+        fitted["feature_names_in_"] = [str(f) for f in est.feature_names_in_]
+    group.attrs.update(
+        {
+            FORMAT: {  # written last: a group without it is not a model
+                "format_version": FORMAT_VERSION,
+                "class": type(est).__name__,
+                "params": _params_json(est),
+                "fitted": fitted,
+                "arrays": counts,
+            }
+        }
+    )
+
+
+def save(est, path, *, overwrite=False):
+    """Write estimator ``est`` (fitted or not) to a Zarr group at ``path``.
+
+    The group appears complete or not at all for local paths (written next to
+    it, then renamed into place).
+    """
+    if type(est).__name__ not in _registry():
+        raise TypeError(f"save supports pipeline's estimators, got {type(est).__name__}")
+    local = _local_path(path)
+    _check_destination(path, local, overwrite)
+    if local is None:
+        _remove(path, None)
+        _write_group(est, path)
+        return
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.partial-", dir=local.parent))
+    try:
+        _write_group(est, str(tmp))
+        _publish(tmp, local)
+    except BaseException:
+        _remove(tmp, tmp)
+        raise
+
+
+def _open_model_group(path):
+    local = _local_path(path)
+    if local is not None and not local.exists():
+        raise FileNotFoundError(f"no model at {path}")
+    try:
+        group = zarr.open_group(str(local) if local is not None else path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise FileNotFoundError(f"no model at {path}: {exc}") from None
+    meta = group.attrs.get(FORMAT)
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path} is not a pipeline model (no {FORMAT!r} attributes); "
+            "an interrupted save leaves none"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has model format version {meta.get('format_version')!r}; "
+            f"this pipeline reads version {FORMAT_VERSION}"
+        )
+    return group, meta
+
+
 def load(path):
-    raise NotImplementedError
+    """Read an estimator written by ``est.save(path)``; nothing is unpickled.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local directory or an fsspec URL.
+
+    Returns
+    -------
+    estimator
+        Of the saved class, with the saved parameters and fitted state.
+    """
+    group, meta = _open_model_group(path)
+    classes = _registry()
+    if meta.get("class") not in classes:
+        raise ValueError(f"{path} holds an unknown model class {meta.get('class')!r}")
+    cls = classes[meta["class"]]
+    params = {k: _tuples(_from_json(v)) for k, v in meta["params"].items()}
+    est = cls(**params)
+    for k, v in meta["fitted"].items():
+        if k != "_opt_spec":
+            setattr(est, k, _from_json(v))
+    if "feature_names_in_" in meta["fitted"]:
+        est.feature_names_in_ = np.asarray(meta["fitted"]["feature_names_in_"], dtype=object)
+    if "classes" in group:
+        est.classes_ = group["classes"][...]
+    if "params" in meta["arrays"]:
+        _restore_arrays(est, group, meta)
+    return est
+
+
+def _restore_arrays(est, group, meta):
+    counts = meta["arrays"]
+    est._config = est._model_config(est.n_features_in_, est.n_outputs_)
+    with jax.enable_x64(est._dtype == "float64"):
+        template, _ = nn.build(*est._config, jax.random.key(0))
+        params = _read_tree(group, "params", counts["params"], template)
+        est._export_params(params)
+        est._state = _read_tree(group, "state", counts["state"], nn.initial_state(template))
+        if "opt_state" in counts:
+            est._opt_spec = _tuples(_from_json(meta["fitted"]["_opt_spec"]))
+            opt_kwargs, sched_kwargs = est._opt_spec
+            optimizer = nn.make_optimizer(
+                **dict(opt_kwargs), learning_rate=nn.make_schedule(**dict(sched_kwargs))
+            )
+            est._opt_state = _read_tree(
+                group, "opt_state", counts["opt_state"], optimizer.init(template)
+            )
+    est._key = group["key"][...]
