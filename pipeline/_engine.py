@@ -336,10 +336,9 @@ class NeuralNetBase(BaseEstimator):
         epochs = 1 if incremental else self.max_iter
         bar = tqdm(
             total=epochs,
-            unit="epoch",
             disable=not self.verbose,
-            leave=True,
             desc=type(self).__name__,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]",
         )
         try:
             for _ in range(epochs):

@@ -1,4 +1,4 @@
-"""The ``pipeline`` command: ``pipeline ingest SOURCE DEST``, ``pipeline demo``.
+"""The ``pipeline`` command: ingest data, train and evaluate models, run the demo.
 
 Also ``python -m pipeline ...``.
 """
@@ -9,9 +9,11 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 SOURCE_HELP = (
     "a CSV file or glob ('data/*.csv'), a .npy file, 'mnist' or 'mnist:PATH', "
@@ -79,43 +81,163 @@ def _cmd_ingest(args):
     print(f"written in {time.perf_counter() - t0:.1f} s")
 
 
+MODELS = ("mlp", "mlp-classifier", "mlp-regressor")
+
+
+def _estimator(model, ds, **params):
+    """An unfitted estimator for ``model``; plain ``mlp`` picks by the store's target."""
+    from pipeline import MLPClassifier, MLPRegressor
+
+    if model == "mlp":
+        classify = ds.classes is not None or np.dtype(ds.y.dtype).kind in "biuO"
+        model = "mlp-classifier" if classify else "mlp-regressor"
+    return (MLPClassifier if model == "mlp-classifier" else MLPRegressor)(**params)
+
+
+def _hidden(spec):
+    try:
+        sizes = tuple(int(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(
+            f"--hidden must be comma-separated layer sizes like 256,128, got {spec!r}"
+        ) from None
+    return sizes
+
+
+def train(store, out, *, model="mlp", hidden="256,128", epochs=10, overwrite=False, **params):
+    """Fit a model on the store at ``store`` (streamed from disk) and save it to ``out``."""
+    from pipeline._store import _check_destination, _local_path
+    from pipeline._store import open as open_store
+
+    _check_destination(out, _local_path(out), overwrite)  # fail before training, not after
+    ds = open_store(store)
+    if ds.y is None:
+        raise ValueError(f"{store} holds no target y; train needs labels or targets")
+    est = _estimator(model, ds, hidden_layer_sizes=_hidden(hidden), max_iter=epochs, **params)
+    t0 = time.perf_counter()
+    est.fit(ds.X, ds.y)
+    dt = time.perf_counter() - t0
+    est.save(out, overwrite=overwrite)
+    return est, ds, dt
+
+
+def _cmd_train(args):
+    params = dict(
+        solver=args.solver,
+        batch_size=args.batch_size,
+        learning_rate_init=args.learning_rate,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        early_stopping=args.early_stopping,
+        random_state=args.random_state,
+        verbose=not args.quiet,
+    )
+    est, ds, dt = train(
+        args.store,
+        args.out,
+        model=args.model,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        overwrite=args.overwrite,
+        **params,
+    )
+    n = est.n_iter_ * len(ds)
+    print(
+        f"{type(est).__name__}: {est.n_iter_} epochs over {len(ds):,} samples in {dt:.1f} s "
+        f"({n / dt:,.0f} samples/s); final training loss {est.loss_:.4f}"
+    )
+    print(f"saved to {args.out}")
+
+
+def evaluate(model, store):
+    """Metrics of a saved model on a store: a printable report (str) and a dict."""
+    from sklearn import metrics
+
+    from pipeline._store import open as open_store
+    from pipeline.checkpoint import load
+
+    est, ds = load(model), open_store(store)
+    if ds.y is None:
+        raise ValueError(f"{store} holds no target y to evaluate against")
+    y_true = ds.y.compute()
+    y_pred = est.predict(ds.X).compute()
+    if not hasattr(est, "classes_"):
+        scores = {
+            "r2": metrics.r2_score(y_true, y_pred),
+            "mae": metrics.mean_absolute_error(y_true, y_pred),
+            "rmse": metrics.root_mean_squared_error(y_true, y_pred),
+        }
+        return "\n".join(f"{k:>5}  {v:.4f}" for k, v in scores.items()), scores
+    labels = est.classes_
+    report = metrics.classification_report(y_true, y_pred, labels=labels, digits=4, zero_division=0)
+    cm = metrics.confusion_matrix(y_true, y_pred, labels=labels)
+    acc = metrics.accuracy_score(y_true, y_pred)
+    width = max(5, *(len(str(c)) for c in labels), len(str(cm.max())))
+    rows = [
+        "confusion matrix (rows: true, columns: predicted)",
+        " " * (width + 1) + " ".join(f"{str(c):>{width}}" for c in labels),
+    ]
+    rows += [
+        f"{str(c):>{width}} " + " ".join(f"{v:>{width}}" for v in r)
+        for c, r in zip(labels, cm, strict=True)
+    ]
+    text = f"accuracy {acc:.4f} on {len(y_true):,} samples\n\n{report}\n" + "\n".join(rows)
+    return text, {"accuracy": acc, "confusion_matrix": cm}
+
+
+def _cmd_evaluate(args):
+    print(evaluate(args.model, args.store)[0])
+
+
 def _demo_data():
-    """MNIST when it can be found locally, else scikit-learn's digits."""
+    """MNIST when it can be found locally, else scikit-learn's digits (with a held-out split)."""
+    from sklearn.model_selection import train_test_split
+
     from pipeline import _datasets
 
     try:
-        X, y = _datasets.load_mnist(split="train")
-        return "MNIST (train split)", X, y
+        train = _datasets.load_mnist(split="train")
+        test = _datasets.load_mnist(split="test")
+        return "MNIST", train, test, 10
     except FileNotFoundError:
         X, y = _datasets.load_digits()
-        return "scikit-learn digits (MNIST not found locally)", X, y
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+        return "scikit-learn digits (MNIST not found locally)", (X_tr, y_tr), (X_te, y_te), 40
 
 
 def _cmd_demo(args):
     from pipeline._store import write
-    from pipeline._stream import chunks
 
-    name, X, y = _demo_data()
+    name, (X, y), (X_te, y_te), epochs = _demo_data()
+    epochs = args.epochs or epochs
     with tempfile.TemporaryDirectory(prefix="pipeline-demo-") as tmp:
         t0 = time.perf_counter()
-        ds = write(Path(tmp) / "demo.zarr", X, y, chunk_rows=args.chunk_rows)
-        print(f"1. ingested {name} into a Zarr store in {time.perf_counter() - t0:.2f} s")
+        ds = write(Path(tmp) / "train.zarr", X, y, chunk_rows=args.chunk_rows)
+        write(Path(tmp) / "test.zarr", X_te, y_te, chunk_rows=args.chunk_rows)
+        print(f"1. ingested {name} into Zarr stores in {time.perf_counter() - t0:.2f} s")
         print("   " + ds.summary().replace("\n", "\n   "))
-        t0 = time.perf_counter()
-        n_seen, n_chunks, counts = 0, 0, np.zeros(10, dtype=np.int64)
-        for chunk in chunks(ds.X, ds.y, batch_size=args.batch_size, seed=0, epoch=0):
-            n_chunks += 1
-            n_seen += int(chunk.mask.sum())
-            counts += np.bincount(chunk.y[chunk.mask].astype(np.int64), minlength=10)
-        dt = time.perf_counter() - t0
         print(
-            f"2. streamed one shuffled epoch: {n_chunks} chunks of {chunk.X.shape[0]} batches x "
-            f"{chunk.X.shape[1]} samples, {n_seen:,} samples in {dt:.2f} s "
-            f"({n_seen / dt:,.0f} samples/s, {ds.X.nbytes / dt / 2**20:,.0f} MB/s)"
+            f"2. training MLPClassifier(hidden_layer_sizes=(256, 128), max_iter={epochs}) "
+            "out-of-core, streamed from the store"
         )
-        if n_seen != len(ds):
-            raise SystemExit(f"demo failed: streamed {n_seen} samples, the store holds {len(ds)}")
-        print(f"   samples per class: {counts.tolist()}; the store is removed on exit")
+        with warnings.catch_warnings():  # a fixed epoch budget is the point here
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est, _, dt = train(
+                ds.path,
+                Path(tmp) / "model.zarr",
+                hidden="256,128",
+                epochs=epochs,
+                random_state=0,
+                verbose=not args.quiet,
+            )
+        print(
+            f"   {est.n_iter_} epochs in {dt:.1f} s "
+            f"({est.n_iter_ * len(ds) / dt:,.0f} samples/s), final loss {est.loss_:.4f}"
+        )
+        text, scores = evaluate(Path(tmp) / "model.zarr", Path(tmp) / "test.zarr")
+        print(f"3. evaluated the saved model on {len(y_te):,} held-out samples\n")
+        print("   " + text.replace("\n", "\n   "))
+        print("   the stores and the model are removed on exit")
 
 
 def _parser():
@@ -130,9 +252,35 @@ def _parser():
     ing.add_argument("--split", choices=("train", "test"), default="train", help="MNIST split")
     ing.add_argument("--overwrite", action="store_true", help="replace an existing store")
     ing.set_defaults(func=_cmd_ingest)
-    demo = sub.add_parser("demo", help="ingest a built-in dataset and stream it")
-    demo.add_argument("--batch-size", type=int, default=128)
+    tr = sub.add_parser("train", help="fit a model out-of-core on a store and save it")
+    tr.add_argument("store", help="the training store (a directory or an fsspec URL)")
+    tr.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: a classifier for labelled stores, else a regressor",
+    )
+    tr.add_argument("--hidden", default="256,128", help="hidden layer sizes (default 256,128)")
+    tr.add_argument("--epochs", type=int, default=10, help="max_iter (default 10)")
+    tr.add_argument("--batch-size", type=int, default=200)
+    tr.add_argument("--solver", default="adam", help="adam, sgd, adamw, adagrad, adadelta, rmsprop")
+    tr.add_argument("--learning-rate", type=float, default=0.001, help="learning_rate_init")
+    tr.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty")
+    tr.add_argument("--dropout", type=float, default=0.0)
+    tr.add_argument("--early-stopping", action="store_true")
+    tr.add_argument("--random-state", type=int, default=0)
+    tr.add_argument("--out", required=True, help="where to save the model (a Zarr group)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
+    ev = sub.add_parser("evaluate", help="report a saved model's metrics on a store")
+    ev.add_argument("model", help="a model saved by pipeline train or est.save")
+    ev.add_argument("store", help="a store with targets")
+    ev.set_defaults(func=_cmd_evaluate)
+    demo = sub.add_parser("demo", help="ingest a built-in dataset, train out-of-core, evaluate")
+    demo.add_argument("--epochs", type=int, default=None, help="default: 10 (MNIST), 40 (digits)")
     demo.add_argument("--chunk-rows", type=int, default=None)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
     return p
 

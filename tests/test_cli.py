@@ -1,5 +1,6 @@
 """The ``pipeline`` command: ingest every kind of source, demo, clear errors."""
 
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import pipeline
 import pipeline.store as store
 from pipeline.cli import main
 
@@ -95,7 +97,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_demo_as_a_user_runs_it(tmp_path):
     env = {"PATH": "", "PIPELINE_DATA": str(tmp_path), "HOME": str(tmp_path)}  # no MNIST: digits
     run = subprocess.run(
-        [sys.executable, "-m", "pipeline", "demo"],
+        [sys.executable, "-m", "pipeline", "demo", "--quiet"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -103,5 +105,49 @@ def test_demo_as_a_user_runs_it(tmp_path):
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    assert "scikit-learn digits" in run.stdout and "1,797 samples" in run.stdout
-    assert "streamed one shuffled epoch" in run.stdout and list(tmp_path.iterdir()) == []
+    assert "scikit-learn digits" in run.stdout and "1,347 in" in run.stdout
+    accuracy = float(re.search(r"accuracy (\S+) on 450 samples", run.stdout).group(1))
+    assert accuracy > 0.95, run.stdout
+    assert "confusion matrix" in run.stdout and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def digit_stores(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    tmp = tmp_path_factory.mktemp("cli")
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    store.write(tmp / "train.zarr", X[:1400], y[:1400], chunk_rows=256)
+    store.write(tmp / "test.zarr", X[1400:], y[1400:], chunk_rows=256)
+    return tmp
+
+
+def test_train_then_evaluate_a_saved_model(digit_stores, capsys):
+    tmp = digit_stores
+    args = ["train", str(tmp / "train.zarr"), "--hidden", "64", "--epochs", "30", "--quiet"]
+    assert main([*args, "--out", str(tmp / "m.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "MLPClassifier: 30 epochs over 1,400 samples" in out and "saved to" in out
+    assert main(["evaluate", str(tmp / "m.zarr"), str(tmp / "test.zarr")]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(re.search(r"accuracy (\S+) on 397 samples", out).group(1))
+    assert accuracy > 0.8 and "macro avg" in out and "confusion matrix" in out
+    loaded = pipeline.load(tmp / "m.zarr")
+    assert loaded.hidden_layer_sizes == (64,) and loaded.n_iter_ == 30
+    # an existing model is refused before any training; --overwrite replaces it
+    assert main([*args, "--out", str(tmp / "m.zarr")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_errors(digit_stores, capsys):
+    tmp = digit_stores
+    store.write(tmp / "unlabelled.zarr", np.ones((10, 3), np.float32))
+    assert main(["train", str(tmp / "unlabelled.zarr"), "--out", str(tmp / "u.zarr")]) == 2
+    assert "holds no target y" in capsys.readouterr().err
+    assert main(["train", str(tmp / "train.zarr"), "--hidden", "a,b", "--out", "x"]) == 2
+    assert "--hidden must be comma-separated" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp / "missing.zarr"), str(tmp / "test.zarr")]) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp / "train.zarr"), str(tmp / "test.zarr")]) == 2
+    assert "is not a pipeline model" in capsys.readouterr().err
