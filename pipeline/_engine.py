@@ -86,6 +86,30 @@ def _check_finite_window(Xw, Yw, dtype=np.float32):
     return Xw, Yw
 
 
+def _take(block, keep):
+    return block[keep]
+
+
+def _select_rows(a, keep):
+    """``a[keep]`` for a boolean numpy ``keep``, block by block: each output block
+    reads exactly one block of ``a`` (dask's own boolean indexing re-cuts blocks)."""
+    sizes = a.chunks[0]
+    bounds = np.cumsum((0, *sizes))
+    out = tuple(int(keep[s:e].sum()) for s, e in zip(bounds[:-1], bounds[1:], strict=True))
+    index = "i" + "abcdefgh"[: a.ndim - 1]
+    return da.blockwise(
+        _take,
+        index,
+        a,
+        index,
+        da.from_array(keep, chunks=(sizes,)),
+        "i",
+        adjust_chunks={"i": out},
+        dtype=a.dtype,
+        meta=np.empty((0,) * a.ndim, a.dtype),
+    )
+
+
 def _to_numpy(tree):
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
@@ -130,6 +154,8 @@ class NeuralNetBase(BaseEstimator):
                 f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
             )
         _check_n_features(self, X, reset=reset)
+        if any(len(c) > 1 for c in X.chunks[1:]):
+            X = X.rechunk({i: -1 for i in range(1, X.ndim)})  # whole samples per block
         return X
 
     def _validate_training(self, X, y, sample_weight, *, reset, classes=None):
@@ -439,8 +465,10 @@ class NeuralNetBase(BaseEstimator):
             return _Data(X_tr, Y_tr, len(X_tr), False), _Data(X_val, Y_val, len(X_val), False)
         held = np.zeros(data.n, dtype=bool)
         held[np.random.default_rng([self._seed, 1]).permutation(data.n)[:n_val]] = True
-        parts = [_Data(data.X[m], data.Y[m], int(m.sum()), True) for m in (~held, held)]
-        return tuple(parts)
+        return tuple(
+            _Data(_select_rows(data.X, m), _select_rows(data.Y, m), int(m.sum()), True)
+            for m in (~held, held)
+        )
 
     def _fit_lbfgs(self, data):
         if data.streamed:

@@ -79,9 +79,9 @@ def _base(name, learning_rate, *, momentum, nesterov, beta_1, beta_2, epsilon, w
             learning_rate, b1=beta_1, b2=beta_2, eps=epsilon, weight_decay=weight_decay
         )
     if name == "adagrad":
-        return optax.adagrad(learning_rate, eps=epsilon)
+        return optax.adagrad(learning_rate)
     if name == "adadelta":
-        return optax.adadelta(learning_rate, eps=epsilon)
+        return optax.adadelta(learning_rate)
     if name == "rmsprop":
         return optax.rmsprop(
             learning_rate, eps=epsilon, momentum=momentum or None, nesterov=nesterov
@@ -109,7 +109,8 @@ def make_optimizer(
     learning_rate : float or callable
         A float, or a schedule from :func:`make_schedule`.
     momentum, nesterov : SGD's (and RMSProp's) momentum.
-    beta_1, beta_2, epsilon : Adam's moments and numerical floor.
+    beta_1, beta_2, epsilon : Adam's (and AdamW's) moments and numerical floor; the
+        other optimizers keep optax's defaults.
     weight_decay : float
         AdamW's decoupled weight decay.
     clip_norm : float, optional

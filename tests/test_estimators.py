@@ -1,0 +1,306 @@
+"""MLPClassifier / MLPRegressor: scikit-learn's behaviour, out-of-core, deterministic."""
+
+import pickle
+import warnings
+
+import dask
+import dask.array as da
+import jax
+import numpy as np
+import pytest
+import zarr
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as SkMLPRegressor
+
+from pipeline import MLPClassifier, MLPRegressor
+from pipeline import store as pstore
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+FAST = dict(hidden_layer_sizes=(32,), max_iter=3, random_state=0)
+
+
+def _same_model(a, b):
+    for x, y in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, y, _, _ = digits
+    return MLPClassifier(**FAST).fit(X, y)
+
+
+def test_accuracy_matches_scikit_learn(digits):
+    X, y, X_te, y_te = digits
+    ours = MLPClassifier(hidden_layer_sizes=(64,), max_iter=60, random_state=0).fit(X, y)
+    ref = SkMLPClassifier(hidden_layer_sizes=(64,), max_iter=60, random_state=0).fit(X, y)
+    assert ours.score(X_te, y_te) >= ref.score(X_te, y_te) - 0.03
+    assert ours.score(X_te, y_te) > 0.85
+
+
+def test_fitted_attributes_have_scikit_learns_shapes(digits):
+    X, y = digits[0][:300], digits[1][:300]
+    multilabel = np.stack([y % 2, y > 4, y == 0], 1)
+    cases = [
+        (MLPClassifier, SkMLPClassifier, y),
+        (MLPClassifier, SkMLPClassifier, y % 2),
+        (MLPClassifier, SkMLPClassifier, multilabel),
+        (MLPRegressor, SkMLPRegressor, y.astype(float)),
+        (MLPRegressor, SkMLPRegressor, np.stack([y, -y], 1).astype(float)),
+    ]
+    for ours, theirs, target in cases:
+        a = ours(hidden_layer_sizes=(7, 5), max_iter=2, random_state=0).fit(X, target)
+        b = theirs(hidden_layer_sizes=(7, 5), max_iter=2, random_state=0).fit(X, target)
+        for name in (
+            "n_layers_",
+            "n_outputs_",
+            "out_activation_",
+            "n_features_in_",
+            "n_iter_",
+            "t_",
+            "best_validation_score_",
+            "validation_scores_",
+        ):
+            assert getattr(a, name) == getattr(b, name), name
+        assert [c.shape for c in a.coefs_] == [c.shape for c in b.coefs_]
+        assert [c.shape for c in a.intercepts_] == [c.shape for c in b.intercepts_]
+        assert len(a.loss_curve_) == len(b.loss_curve_) and np.isfinite(a.best_loss_)
+        assert a.predict(X).shape == b.predict(X).shape
+        if hasattr(b, "predict_proba"):
+            np.testing.assert_array_equal(a.classes_, b.classes_)
+            assert a.predict_proba(X).shape == b.predict_proba(X).shape
+
+
+def test_streamed_inputs_give_the_same_model_as_numpy(digits, digits_store, tmp_path):
+    """numpy, dask, zarr, memmap and a store: one order of samples, one model."""
+    X, y = digits[0], digits[1]
+    rows = 200
+    ref = MLPClassifier(**FAST)
+    ref.fit(da.from_array(X, chunks=rows), y)
+    mm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=X.dtype, shape=X.shape)
+    mm[:] = X
+    z = zarr.open_group(digits_store.path, mode="r")["X"]
+    for X_in, y_in in [
+        (digits_store.X, digits_store.y),
+        (digits_store, None),
+        (z, y),
+        (da.from_array(X, chunks=rows), da.from_array(y, chunks=rows)),
+    ]:
+        _same_model(ref, MLPClassifier(**FAST).fit(X_in, y_in))
+    assert z.chunks[0] == rows
+
+
+def test_same_model_on_every_scheduler_and_prefetch_depth(digits_store):
+    ref = MLPClassifier(**FAST, prefetch=0).fit(digits_store.X, digits_store.y)
+    for scheduler, prefetch in [("sync", 1), ("threads", 3), ("threads", 0)]:
+        with dask.config.set(scheduler=scheduler):
+            est = MLPClassifier(**FAST, prefetch=prefetch).fit(digits_store.X, digits_store.y)
+        _same_model(ref, est)
+
+
+def test_predict_on_dask_is_lazy_and_independent_of_batching(fitted, digits):
+    X = digits[2]
+    lazy = fitted.predict_proba(da.from_array(X, chunks=50))
+    assert isinstance(lazy, da.Array) and lazy.shape == (len(X), 10)
+    full = fitted.predict_proba(X)
+    np.testing.assert_array_equal(lazy.compute(), full)
+    parts = np.concatenate([fitted.predict_proba(X[:7]), fitted.predict_proba(X[7:])])
+    np.testing.assert_array_equal(parts, full)
+    labels = fitted.predict(da.from_array(X, chunks=50))
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), fitted.predict(X))
+    assert fitted.score(da.from_array(X, chunks=64), digits[3]) == pytest.approx(
+        fitted.score(X, digits[3])
+    )
+
+
+def test_fit_streams_chunk_by_chunk_and_never_materialises_x(digits):
+    X, y = digits[0], digits[1]
+    reads = []
+
+    def record(block):
+        reads.append(len(block))
+        return block
+
+    Xd = da.from_array(X, chunks=100).map_blocks(record, dtype=X.dtype)
+    est = MLPClassifier(**{**FAST, "max_iter": 2}, early_stopping=True, validation_fraction=0.2)
+    est.fit(Xd, y)
+    # each epoch reads every block once for training and once for validation, never all at once
+    reads = [n for n in reads if n]  # dask probes a function with an empty block once
+    assert len(reads) == 2 * 2 * 14 and max(reads) == 100
+    assert len(est.validation_scores_) == 2 and est.best_loss_ is None
+
+
+def test_early_stopping_restores_the_best_model(digits):
+    X, y = digits[0], digits[1]
+    est = MLPClassifier(
+        hidden_layer_sizes=(32,),
+        max_iter=200,
+        random_state=0,
+        early_stopping=True,
+        n_iter_no_change=3,
+        learning_rate_init=0.05,
+    )
+    est.fit(X, y)
+    assert est.n_iter_ < 200 and len(est.validation_scores_) == est.n_iter_
+    assert est.best_validation_score_ == max(est.validation_scores_)
+
+
+def test_partial_fit_contract(digits):
+    X, y = digits[0], digits[1]
+    est = MLPClassifier(**FAST)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        est.partial_fit(X, y)
+    est.partial_fit(X[:500], y[:500], classes=np.arange(10))
+    assert est.n_iter_ == 1 and est.t_ == 500
+    est.partial_fit(da.from_array(X[500:], chunks=128), y[500:])
+    assert est.n_iter_ == 2 and est.t_ == len(X)
+    with pytest.raises(ValueError, match="classes not in `self.classes_`"):
+        est.partial_fit(X[:20], y[:20] + 10)
+    with pytest.raises(AttributeError, match="has no attribute 'partial_fit'"):
+        MLPClassifier(solver="lbfgs").partial_fit
+    with pytest.raises(ValueError, match="does not support early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=np.arange(10))
+
+
+def test_partial_fit_epochs_equal_fit_epochs(digits):
+    X, y = digits[0], digits[1]
+    a = MLPClassifier(**FAST).fit(X, y)
+    b = MLPClassifier(**FAST)
+    for _ in range(3):
+        b.partial_fit(X, y, classes=np.arange(10))
+    _same_model(a, b)
+
+
+def test_bad_streamed_input_gets_clear_errors(fitted, digits):
+    X, y = digits[0].copy(), digits[1]
+    X[777, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        MLPClassifier(**FAST).fit(da.from_array(X, chunks=100), y)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        fitted.predict(da.from_array(X, chunks=100)).compute()
+    with pytest.raises(ValueError, match="X has 5 features, but MLPClassifier is expecting 64"):
+        fitted.predict(da.ones((10, 5), chunks=5))
+    with pytest.raises(ValueError, match="solver='lbfgs'.*in memory"):
+        MLPClassifier(solver="lbfgs").fit(da.from_array(digits[0], chunks=100), y)
+    with pytest.raises(ValueError, match="classes not in"):
+        fitted.score(da.from_array(digits[0][:10], chunks=5), np.full(10, 42))
+    with pytest.raises(ValueError, match="requires y"):
+        MLPClassifier().fit(da.from_array(digits[0], chunks=100), None)
+    with pytest.raises(TypeError, match="must hold numbers"):
+        MLPClassifier().fit(da.from_array(np.array([["a", "b"]] * 4)), np.arange(4) % 2)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        MLPClassifier().fit(da.from_array(digits[0], chunks=100), y + 0.5)
+
+
+def test_lbfgs_matches_scikit_learn(digits):
+    X, y = digits[0][:400], digits[1][:400]
+    ours = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(16,), max_iter=80, random_state=0)
+    ref = SkMLPClassifier(solver="lbfgs", hidden_layer_sizes=(16,), max_iter=80, random_state=0)
+    ours.fit(X, y)
+    ref.fit(X, y)
+    assert ours.loss_ < 0.1 and ours.n_iter_ <= 80 and not hasattr(ours, "loss_curve_")
+    assert ours.score(digits[2], digits[3]) >= ref.score(digits[2], digits[3]) - 0.05
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adamw", "adagrad", "rmsprop"])
+def test_other_solvers_learn(digits, solver):
+    X, y = digits[0], digits[1]
+    lr = {"sgd": 0.1, "adagrad": 0.05}.get(solver, 0.003)
+    est = MLPClassifier(
+        hidden_layer_sizes=(32,),
+        max_iter=10,
+        random_state=0,
+        solver=solver,
+        learning_rate_init=lr,
+        batch_size=50,
+    ).fit(X, y)
+    assert est.score(digits[2], digits[3]) > 0.8
+
+
+def test_our_extras_train(digits):
+    X, y = digits[0], digits[1]
+    est = MLPClassifier(
+        hidden_layer_sizes=(32, 32),
+        max_iter=10,
+        random_state=0,
+        dropout=0.1,
+        batch_size=50,
+        batch_norm=True,
+        l1=1e-4,
+        clip_norm=1.0,
+        learning_rate="cosine",
+        warmup_epochs=1,
+        activation="gelu",
+    ).fit(X, y)
+    assert est.score(digits[2], digits[3]) > 0.8
+
+
+def test_adaptive_learning_rate_divides_by_five(digits):
+    X, y = digits[0][:200], digits[1][:200]
+    est = MLPClassifier(
+        hidden_layer_sizes=(8,),
+        solver="sgd",
+        learning_rate="adaptive",
+        learning_rate_init=1e-5,
+        n_iter_no_change=1,
+        max_iter=6,
+        random_state=0,
+    )
+    est.fit(X, y)
+    from pipeline import nn
+
+    assert nn.current_learning_rate(est._opt_state) == pytest.approx(1e-5 / 25)
+
+
+def test_regressor_learns_and_float64_trains_in_float64():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.01 * rng.normal(size=600)
+    est = MLPRegressor(hidden_layer_sizes=(32,), max_iter=300, random_state=0).fit(X, y)
+    assert est.score(X, y) > 0.95 and est.coefs_[0].dtype == np.float64
+    streamed = MLPRegressor(hidden_layer_sizes=(32,), max_iter=5, random_state=0)
+    streamed.fit(da.from_array(X.astype(np.float32), chunks=100), y)
+    assert streamed.coefs_[0].dtype == np.float32
+    assert streamed.score(da.from_array(X, chunks=100), y) == pytest.approx(
+        streamed.score(X, y), abs=1e-4
+    )
+    poisson = MLPRegressor(loss="poisson", hidden_layer_sizes=(8,), max_iter=50, random_state=0)
+    poisson.fit(X, np.exp(X[:, 0] / 2))
+    assert poisson.out_activation_ == "exp" and (poisson.predict(X) > 0).all()
+
+
+def test_pickle_holds_numpy_not_device_state(fitted, digits):
+    clone = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(clone.predict_proba(digits[2]), fitted.predict_proba(digits[2]))
+    leaves = jax.tree_util.tree_leaves(vars(fitted))
+    assert not any(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
+def test_verbose_shows_a_progress_bar_with_the_loss(digits, capsys):
+    MLPClassifier(**FAST, verbose=True).fit(digits[0], digits[1])
+    err = capsys.readouterr().err
+    assert "3.0/3 epochs" in err and "loss=" in err
+
+
+def test_convergence_warning_and_non_finite_weights(digits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning, match="Maximum iterations"):
+            MLPClassifier(**FAST).fit(digits[0], digits[1])
+    with pytest.raises(ValueError, match="non-finite parameter weights"):
+        MLPRegressor(
+            hidden_layer_sizes=(4,),
+            max_iter=2,
+            learning_rate_init=1e3,
+            solver="sgd",
+            random_state=0,
+        ).fit(digits[0] * 1e30, digits[1] * 1e30)
+
+
+def test_store_with_uint8_features_is_cast_per_chunk(tmp_path, digits):
+    X = (digits[0] * 16).astype(np.uint8)
+    ds = pstore.write(tmp_path / "u8.zarr", X, digits[1], chunk_rows=300)
+    est = MLPClassifier(**FAST).fit(ds.X, ds.y)
+    assert est.coefs_[0].dtype == np.float32 and est.predict(ds.X).dtype == digits[1].dtype

@@ -1,0 +1,108 @@
+"""The notebooks are saved clean and run top to bottom, on small data, without errors."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip(
+    "nbformat", reason="running the notebooks needs nbformat (pip install '.[test]')"
+)
+nbclient = pytest.importorskip(
+    "nbclient", reason="running the notebooks needs nbclient (pip install '.[test]')"
+)
+pytest.importorskip(
+    "ipykernel", reason="running the notebooks needs ipykernel (pip install '.[test]')"
+)
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+# Appended to each notebook's cell tagged "parameters": small enough to run in seconds.
+SMALL = {
+    "01_out_of_core_mlp.ipynb": "N_TRAIN = 3000\nMAX_ITER = 8\n",
+}
+
+
+def _read(name):
+    return nbformat.read(NOTEBOOKS / name, as_version=4)
+
+
+def _outputs(nb, kind):
+    """Every output of ``output_type == kind`` in the executed notebook."""
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    return [o for c in cells for o in c.outputs if o.output_type == kind]
+
+
+def _stdout(nb):
+    return "".join(o.text for o in _outputs(nb, "stream") if o.name == "stdout")
+
+
+def _kernel_manager(tmp_path):
+    """A ``python3`` kernel on this very interpreter (the one with pipeline installed),
+    whatever kernelspecs the machine has installed elsewhere."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    spec_dir = tmp_path / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (pipeline tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    specs = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
+def _execute(name, tmp_path, monkeypatch):
+    """Run notebook ``name`` with its small parameters in ``tmp_path``; the executed notebook."""
+    nb = _read(name)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{name}: expected one cell tagged 'parameters'"
+    params[0].source += "\n# small-data overrides from tests/test_notebooks.py\n" + SMALL[name]
+    # Figures as PNG outputs, headless, whatever backend the environment asks for.
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    work = tmp_path / "work"
+    work.mkdir()
+    client = nbclient.NotebookClient(
+        nb,
+        km=_kernel_manager(tmp_path),
+        timeout=300,
+        resources={"metadata": {"path": str(work)}},
+    )
+    client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
+    return nb
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_is_saved_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name}: cell {i} has outputs; save notebooks cleared"
+            )
+    assert path.name in SMALL, f"{path.name}: add its small-data parameters to SMALL"
+
+
+def test_out_of_core_mlp_notebook(tmp_path, monkeypatch):
+    nb = _execute("01_out_of_core_mlp.ipynb", tmp_path, monkeypatch)
+    out = _stdout(nb)
+
+    assert not _outputs(nb, "error")
+    dataset = re.search(r"dataset: (\w+)", out)
+    assert dataset and dataset.group(1) in {"mnist", "digits"}, out
+    accuracy = re.search(r"test accuracy: ([0-9.]+)", out)
+    assert accuracy, out
+    # Ten classes: chance is 0.1; these parameters reach ~0.87 (digits) and ~0.9 (MNIST).
+    assert float(accuracy.group(1)) > 0.5, f"{dataset.group(1)}: {accuracy.group(0)}"
+    assert "same predictions = True" in out
+    results = [o.data.get("text/plain", "") for o in _outputs(nb, "execute_result")]
+    assert any(r.startswith("dask.array<") for r in results), "lazy X and predictions shown"
+    pngs = [o for o in _outputs(nb, "display_data") if "image/png" in o.data]
+    assert len(pngs) >= 2, "expected the loss curve and the confusion matrix as figures"
+    assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
