@@ -159,7 +159,7 @@ def test_partial_fit_contract(digits):
     with pytest.raises(ValueError, match="classes not in `self.classes_`"):
         est.partial_fit(X[:20], y[:20] + 10)
     with pytest.raises(AttributeError, match="has no attribute 'partial_fit'"):
-        MLPClassifier(solver="lbfgs").partial_fit
+        MLPClassifier(solver="lbfgs").partial_fit(X, y)
     with pytest.raises(ValueError, match="does not support early_stopping"):
         MLPClassifier(early_stopping=True).partial_fit(X, y, classes=np.arange(10))
 
