@@ -1,0 +1,110 @@
+"""Models as Zarr groups: exact round trips, continued training, no pickle, atomic."""
+
+import json
+
+import numpy as np
+import pytest
+
+import pipeline
+import pipeline.checkpoint as checkpoint
+from pipeline import MLPClassifier, MLPRegressor
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(scope="module")
+def labelled(digits):
+    X, y = digits[0][:600], digits[1][:600]
+    return X, np.array(list("abcdefghij"))[y]
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        MLPClassifier(hidden_layer_sizes=(16, 8), max_iter=3, random_state=0, batch_norm=True),
+        MLPClassifier(hidden_layer_sizes=(16,), max_iter=4, random_state=0, early_stopping=True),
+        MLPRegressor(hidden_layer_sizes=(16,), max_iter=3, random_state=0, solver="sgd"),
+    ],
+    ids=["batch-norm", "early-stopping", "regressor-sgd"],
+)
+def test_round_trip_predicts_and_trains_on_identically(est, labelled, tmp_path):
+    X, y = labelled
+    y = y if isinstance(est, MLPClassifier) else np.arange(len(X)) % 7 * 1.5
+    est.fit(X, y)
+    est.save(tmp_path / "m.zarr")
+    loaded = pipeline.load(tmp_path / "m.zarr")
+    assert type(loaded) is type(est) and loaded.get_params() == est.get_params()
+    for name in (
+        "n_iter_",
+        "t_",
+        "loss_",
+        "loss_curve_",
+        "best_loss_",
+        "validation_scores_",
+        "out_activation_",
+        "n_layers_",
+        "n_outputs_",
+        "n_features_in_",
+    ):
+        assert getattr(loaded, name) == getattr(est, name), name
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    if not est.early_stopping:
+        est.partial_fit(X, y)
+        loaded.partial_fit(X, y)
+        for a, b in zip(est.coefs_, loaded.coefs_, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_unfitted_estimator_round_trips(tmp_path):
+    MLPRegressor(hidden_layer_sizes=(3, 2), alpha=0.5).save(tmp_path / "u.zarr")
+    loaded = pipeline.load(tmp_path / "u.zarr")
+    assert loaded.hidden_layer_sizes == (3, 2) and loaded.alpha == 0.5
+    assert not hasattr(loaded, "coefs_")
+
+
+def test_the_file_is_arrays_and_json_only(labelled, tmp_path):
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(*labelled)
+    est.save(tmp_path / "m.zarr")
+    root = tmp_path / "m.zarr"
+    files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
+    # zarr metadata (JSON) and chunk files ("c/..."), nothing else
+    assert files and all(p.name == "zarr.json" or "c" in p.parts for p in files)
+    attrs = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())["attributes"]
+    assert attrs["pipeline-model"]["class"] == "MLPClassifier"
+    assert attrs["pipeline-model"]["params"]["hidden_layer_sizes"] == [4]
+
+
+def test_load_refuses_what_is_not_a_model(tmp_path, zarr_store):
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        pipeline.load(tmp_path / "missing.zarr")
+    with pytest.raises(ValueError, match="is not a pipeline model"):
+        pipeline.load(zarr_store.path)
+    MLPRegressor().save(tmp_path / "m.zarr")
+    meta = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())
+    meta["attributes"]["pipeline-model"]["class"] = "os.system"
+    (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown model class 'os.system'"):
+        pipeline.load(tmp_path / "m.zarr")
+
+
+def test_save_is_atomic_and_refuses_to_overwrite(labelled, tmp_path, monkeypatch):
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(*labelled)
+    est.save(tmp_path / "m.zarr")
+    with pytest.raises(FileExistsError, match="already exists"):
+        est.save(tmp_path / "m.zarr")
+
+    def crash(group, name, tree):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "_write_tree", crash)
+    with pytest.raises(OSError, match="disk full"):
+        est.save(tmp_path / "new.zarr")
+    with pytest.raises(OSError, match="disk full"):
+        est.save(tmp_path / "m.zarr", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(
+        pipeline.load(tmp_path / "m.zarr").predict(labelled[0]), est.predict(labelled[0])
+    )
+    with pytest.raises(TypeError, match="pipeline's estimators"):
+        checkpoint.save(object(), tmp_path / "o.zarr")
