@@ -500,7 +500,6 @@ class NeuralNetBase(BaseEstimator):
         )
         self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
         self.loss_ = float(res.fun)
-        self.t_ += data.n
         self._export_params(_to_numpy(unravel(jnp.asarray(res.x, self._dtype))))
 
     # --------------------------------------------------------------- prediction
@@ -577,6 +576,8 @@ class NeuralNetBase(BaseEstimator):
     # -------------------------------------------------------------- scoring
 
     def _score_streamed(self, X, y, sample_weight):
+        if isinstance(X, Dataset) and y is None:
+            y = X.y
         X = self._validate_X(X, reset=False)
         y = (
             as_streamed(y)

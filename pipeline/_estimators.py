@@ -257,7 +257,7 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return "softmax" if self._kind == "multiclass" else "logistic"
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit on X of shape (n_samples, n_features) and labels y; streams dask/zarr input.
 
         Parameters
@@ -321,8 +321,11 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
             meta=np.empty((0,), self.classes_.dtype),
         )
 
-    def score(self, X, y, sample_weight=None):
-        """Mean accuracy (subset accuracy for multilabel); streamed for dask/zarr X."""
+    def score(self, X, y=None, sample_weight=None):
+        """Mean accuracy (subset accuracy for multilabel); streamed for dask/zarr X.
+
+        ``y`` may be left out when X is a Dataset with targets.
+        """
         if is_streamed(X):
             return self._score_streamed(X, y, sample_weight)
         return super().score(X, y, sample_weight=sample_weight)
@@ -405,7 +408,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         return "exp" if self.loss == "poisson" else "identity"
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit on X of shape (n_samples, n_features), y of shape (n_samples,) or (n, n_outputs).
 
         Returns
@@ -427,8 +430,11 @@ class MLPRegressor(RegressorMixin, _MLPBase):
             return P
         return P[:, 0]
 
-    def score(self, X, y, sample_weight=None):
-        """R² (averaged over outputs); streamed for dask/zarr X."""
+    def score(self, X, y=None, sample_weight=None):
+        """R² (averaged over outputs); streamed for dask/zarr X.
+
+        ``y`` may be left out when X is a Dataset with targets.
+        """
         if is_streamed(X):
             return self._score_streamed(X, y, sample_weight)
         return super().score(X, y, sample_weight=sample_weight)
