@@ -252,6 +252,15 @@ class NeuralNetBase(BaseEstimator):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         self._check_solver_options()
+        before = {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
+        try:
+            return self._fit_or_raise(X, y, sample_weight, first, incremental, classes)
+        except BaseException:
+            vars(self).clear()  # a failed fit leaves the estimator as it found it
+            vars(self).update(before)
+            raise
+
+    def _fit_or_raise(self, X, y, sample_weight, first, incremental, classes):
         data = self._validate_training(X, y, sample_weight, reset=first, classes=classes)
         with jax.enable_x64(data.X.dtype == np.float64 if first else self._dtype == "float64"):
             if first:
@@ -378,9 +387,11 @@ class NeuralNetBase(BaseEstimator):
                     ConvergenceWarning,
                     stacklevel=3,
                 )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
         finally:
             bar.close()
-            self._store_carry(carry)
+        self._store_carry(carry)
         if self.early_stopping:
             self._export_params(self._best_params)
 
@@ -401,16 +412,22 @@ class NeuralNetBase(BaseEstimator):
             epoch=self._epochs_seen,
             prefetch=self.prefetch,
             n_batches=n_batches,
-            transform=self._window_check() if train.streamed else None,
         )
-        sums, hyper, total = [], self._hyper(), len(stream)
+        metrics, hyper, total = [], self._hyper(), len(stream)
         with stream:
             for c in stream:
-                *carry, metrics = step(*carry, c.X, c.y, c.mask, hyper)
-                sums.append(metrics["loss_sum"])
+                *carry, m = step(*carry, c.X, c.y, c.mask, hyper)
+                metrics.append((m["loss_sum"], m["finite"]))  # no sync: the device runs ahead
                 bar.update(1 / total)
+        losses, finite = zip(*jax.device_get(metrics), strict=True)
+        if not all(finite):
+            raise ValueError(
+                f"Input X contains NaN or infinity: found in training chunk {finite.index(False)}"
+                f" of {total} of epoch {self._epochs_seen}. Clean or impute the data first (a "
+                "lazy dask expression such as da.nan_to_num(X) works on streamed data)."
+            )
         self._epochs_seen += 1
-        return carry, float(sum(jax.device_get(sums))) / train.n
+        return carry, float(sum(losses)) / train.n
 
     def _end_epoch(self, loss, n, carry, val, bar):
         """scikit-learn's bookkeeping and stopping policy; True to stop."""

@@ -176,8 +176,15 @@ def test_partial_fit_epochs_equal_fit_epochs(digits):
 def test_bad_streamed_input_gets_clear_errors(fitted, digits):
     X, y = digits[0].copy(), digits[1]
     X[777, 3] = np.nan
+    est = MLPClassifier(**FAST)
+    with pytest.raises(ValueError, match="NaN or infinity: found in training chunk"):
+        est.fit(da.from_array(X, chunks=100), y)
+    assert not hasattr(est, "coefs_")  # a failed fit leaves no model that looks complete
+    fitted_before = [c.copy() for c in fitted.coefs_]
     with pytest.raises(ValueError, match="NaN or infinity"):
-        MLPClassifier(**FAST).fit(da.from_array(X, chunks=100), y)
+        fitted.partial_fit(da.from_array(X, chunks=100), y)
+    for a, b in zip(fitted.coefs_, fitted_before, strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="NaN or infinity"):
         fitted.predict(da.from_array(X, chunks=100)).compute()
     with pytest.raises(ValueError, match="X has 5 features, but MLPClassifier is expecting 64"):

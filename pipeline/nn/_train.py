@@ -6,11 +6,13 @@ in and out::
     params, state, opt_state, key, metrics = step(
         params, state, opt_state, key, X, Y, mask, hyper)
 
-``X`` has shape (n_batches, batch_size, *features); ``Y`` (n_batches,
+``X`` has shape (n_batches, batch_size, *features), any numeric dtype (cast
+to the parameters' dtype inside); ``Y`` (n_batches,
 batch_size, n_targets + 1), its last column the sample weights; ``mask`` is
 False on padding, and a batch that is all padding changes nothing (the optimizer
 step count included). ``hyper`` is ``(alpha, l1)``, traced, so a search over
-them reuses one compiled step. Builders are cached on their (hashable)
+them reuses one compiled step. ``metrics`` holds the chunk's summed loss, its
+sample count and whether all of ``X`` was finite. Builders are cached on their (hashable)
 configuration, so every fit with the same shapes and configuration reuses the
 compiled code.
 """
@@ -143,10 +145,15 @@ def compiled_step(factory, model_kwargs, out_activation, optimizer_kwargs, sched
         return (params, state, opt_state, key), (loss, mask.sum())
 
     def step(params, state, opt_state, key, X, Y, mask, hyper):
+        X = X.astype(jax.tree_util.tree_leaves(params)[0].dtype)  # stores may hold uint8
         carry, (losses, counts) = jax.lax.scan(
             functools.partial(one, hyper), (params, state, opt_state, key), (X, Y, mask)
         )
-        metrics = {"loss_sum": (losses * counts).sum(), "count": counts.sum()}
+        metrics = {
+            "loss_sum": (losses * counts).sum(),
+            "count": counts.sum(),
+            "finite": jnp.isfinite(X).all(),  # fused into the read of X: costs nothing
+        }
         return (*carry, metrics)
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
