@@ -37,7 +37,7 @@ from sklearn.utils.validation import (
 from tqdm.auto import tqdm
 
 from pipeline import nn
-from pipeline._inputs import default_chunk_rows
+from pipeline._inputs import default_chunk_rows, lazy_view
 from pipeline._store import Dataset
 from pipeline._stream import chunks
 from pipeline._targets import classes_of, score_aggregate, score_chunk, target_table
@@ -62,7 +62,7 @@ def as_streamed(X):
     if type(X).__module__.startswith("zarr"):
         return da.from_zarr(X)
     rows = default_chunk_rows(X.shape[1:], X.dtype)
-    return da.from_array(X, chunks=(rows, *X.shape[1:]), name=f"memmap-{tokenize(X)}")
+    return lazy_view(X, (rows, *X.shape[1:]), name=f"memmap-{tokenize(X)}")
 
 
 class _Data(NamedTuple):
@@ -188,7 +188,7 @@ class NeuralNetBase(BaseEstimator):
             y = (
                 as_streamed(y)
                 if is_streamed(y)
-                else da.from_array(np.asarray(y), chunks=(X.chunks[0],) + np.shape(y)[1:])
+                else lazy_view(np.asarray(y), (X.chunks[0], *np.shape(y)[1:]))
             )
             if y.shape[0] != X.shape[0]:
                 raise ValueError(
@@ -223,11 +223,11 @@ class NeuralNetBase(BaseEstimator):
         n_outputs = self._n_outputs(data.Y)
         self.n_outputs_ = n_outputs
         self._config = self._model_config(self.n_features_in_, n_outputs)
-        key = jax.random.key(self._seed)
+        key = jax.random.wrap_key_data(np.array([0, self._seed], np.uint32))  # = key(seed)
         params, _ = nn.build(*self._config, key)
         self._export_params(_to_numpy(params))
-        self._state = _to_numpy(nn.initial_state(nn.build(*self._config, key)[0]))
-        self._key = np.asarray(jax.random.key_data(jax.random.fold_in(key, 1)))
+        self._state = nn.initial_state(nn.model_shapes(*self._config)[0])
+        self._key = np.array([1, self._seed], np.uint32)  # training's own stream (dropout)
         self._epochs_seen = 0
         self.n_iter_, self.t_ = 0, 0
         self.out_activation_ = self._out_activation()
@@ -345,13 +345,11 @@ class NeuralNetBase(BaseEstimator):
     def _optimizer_state(self, params, spec, fresh):
         if not fresh and getattr(self, "_opt_spec", None) == spec:
             return _to_device(self._opt_state)
-        opt_kwargs, sched_kwargs = spec
-        sched = dict(sched_kwargs)
-        if sched["kind"] == "constant" and sched["learning_rate_init"] == 1.0:
-            sched["learning_rate_init"] = float(self.learning_rate_init)
-        optimizer = nn.make_optimizer(**dict(opt_kwargs), learning_rate=nn.make_schedule(**sched))
         self._opt_spec = spec
-        return optimizer.init(params)
+        state = nn.compiled_init(*spec)(params)
+        if dict(spec[1])["kind"] == "constant" and dict(spec[1])["learning_rate_init"] == 1.0:
+            state = nn.set_learning_rate(state, self.learning_rate_init)  # see _optimizer_spec
+        return state
 
     def _fit_stochastic(self, data, incremental):
         train, val = self._split(data) if self.early_stopping else (data, None)
@@ -599,7 +597,7 @@ class NeuralNetBase(BaseEstimator):
         y = (
             as_streamed(y)
             if is_streamed(y)
-            else da.from_array(np.asarray(y), chunks=(X.chunks[0],) + np.shape(y)[1:])
+            else lazy_view(np.asarray(y), (X.chunks[0], *np.shape(y)[1:]))
         )
         Y = target_table(y, sample_weight, self._kind, getattr(self, "classes_", None))
         with self._precision():

@@ -29,7 +29,7 @@ _SKLEARN_SOLVERS = ("lbfgs", "sgd", "adam")
 
 @functools.lru_cache(maxsize=64)
 def _treedef(config):
-    return jax.tree_util.tree_structure(nn.build(*config, jax.random.key(0))[0])
+    return jax.tree_util.tree_structure(nn.model_shapes(*config)[0])
 
 
 def _stochastic(est):

@@ -27,6 +27,42 @@ def _check_dtype(dtype, name):
         )
 
 
+class _Rows:
+    """An array as dask reads it: blocks sliced on demand, never a copy of the whole.
+
+    ``dask.array.from_array`` copies numpy inputs first (and so reads a memmap
+    into RAM). A memmap is reopened from its file where it is unpickled, so a
+    worker process reads its own blocks from disk.
+    """
+
+    def __init__(self, a):
+        self.shape, self.dtype, self.ndim = tuple(a.shape), a.dtype, a.ndim
+        self._file = None
+        if isinstance(a, np.memmap) and a.filename is not None and a.base is not None:
+            self._file = (a.filename, a.offset, "C" if a.flags.c_contiguous else "F")
+        self._a = a
+
+    def __getstate__(self):
+        state = dict(vars(self))
+        if self._file is not None:
+            state["_a"] = None
+        return state
+
+    def __getitem__(self, key):
+        if self._a is None:
+            name, offset, order = self._file
+            self._a = np.memmap(name, self.dtype, "r", offset, self.shape, order)
+        return np.asarray(self._a[key])
+
+
+def lazy_view(a, chunks, name=False):
+    """A dask array over in-memory or memory-mapped ``a`` that never copies it whole."""
+    if isinstance(a, da.Array):
+        return a.rechunk(chunks)
+    meta = np.empty((0,) * a.ndim, dtype=a.dtype)
+    return da.from_array(_Rows(a), chunks=chunks, name=name, asarray=False, meta=meta)
+
+
 def _array_pieces(X, y, rows):
     """Yield numpy ``(X, y)`` slices of ``rows`` samples from array-likes."""
     if isinstance(X, da.Array) or isinstance(y, da.Array):
@@ -50,7 +86,7 @@ def _dask_pieces(X, y, rows, per_call=4):
 
 
 def _rows_chunked(a, rows):
-    a = a if isinstance(a, da.Array) else da.from_array(a, chunks=rows)
+    a = lazy_view(a, (rows, *a.shape[1:]))
     return a.rechunk({0: rows, **{i: -1 for i in range(1, a.ndim)}})
 
 

@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline._graph import BlockGraph
-from pipeline._inputs import blocks_of, default_chunk_rows
+from pipeline._inputs import blocks_of, default_chunk_rows, lazy_view
 from pipeline._store import Dataset
 
 __all__ = ["Chunk", "ChunkStream", "chunks", "epoch_order"]
@@ -49,11 +49,11 @@ class Chunk(NamedTuple):
 def _as_dask(X):
     if X is None or isinstance(X, da.Array):
         return X
+    if type(X).__module__.startswith("zarr"):
+        return da.from_zarr(X)
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         X = np.asarray(X)
-    return da.from_array(
-        X, chunks=(default_chunk_rows(X.shape[1:], X.dtype),) + tuple(X.shape[1:]), name=False
-    )
+    return lazy_view(X, (default_chunk_rows(X.shape[1:], X.dtype), *X.shape[1:]))
 
 
 def _window_plan(block_sizes, *, shuffle, seed, epoch, window):

@@ -16,6 +16,8 @@ import dask.array as da
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
+from pipeline._inputs import lazy_view  # noqa: I001
+
 __all__ = ["classes_of", "encode", "score_aggregate", "score_chunk", "target_table"]
 
 
@@ -98,7 +100,7 @@ def target_table(y, sample_weight, kind, classes=None):
     elif _is_lazy(sample_weight):
         sw = sample_weight.rechunk({0: y.chunks[0]})
     else:
-        sw = da.from_array(np.asarray(sample_weight), chunks=(y.chunks[0],))
+        sw = lazy_view(np.asarray(sample_weight), (y.chunks[0],))
     return da.map_blocks(
         _table_block,
         y,

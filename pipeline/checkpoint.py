@@ -217,17 +217,12 @@ def _restore_arrays(est, group, meta):
     counts = meta["arrays"]
     est._config = est._model_config(est.n_features_in_, est.n_outputs_)
     with jax.enable_x64(est._dtype == "float64"):
-        template, _ = nn.build(*est._config, jax.random.key(0))
+        template = nn.model_shapes(*est._config)[0]
         params = _read_tree(group, "params", counts["params"], template)
         est._export_params(params)
         est._state = _read_tree(group, "state", counts["state"], nn.initial_state(template))
         if "opt_state" in counts:
             est._opt_spec = _tuples(_from_json(meta["fitted"]["_opt_spec"]))
-            opt_kwargs, sched_kwargs = est._opt_spec
-            optimizer = nn.make_optimizer(
-                **dict(opt_kwargs), learning_rate=nn.make_schedule(**dict(sched_kwargs))
-            )
-            est._opt_state = _read_tree(
-                group, "opt_state", counts["opt_state"], optimizer.init(template)
-            )
+            opt_template = jax.eval_shape(nn.compiled_init(*est._opt_spec), template)
+            est._opt_state = _read_tree(group, "opt_state", counts["opt_state"], opt_template)
     est._key = group["key"][...]

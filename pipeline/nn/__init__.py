@@ -18,8 +18,10 @@ from pipeline.nn._train import (
     OUTPUT_ACTIVATIONS,
     build,
     compiled_forward,
+    compiled_init,
     compiled_objective,
     compiled_step,
+    model_shapes,
     penalty,
 )
 
@@ -34,12 +36,14 @@ __all__ = [
     "NormStats",
     "build",
     "compiled_forward",
+    "compiled_init",
     "compiled_objective",
     "compiled_step",
     "current_learning_rate",
     "initial_state",
     "make_optimizer",
     "make_schedule",
+    "model_shapes",
     "penalty",
     "set_learning_rate",
 ]

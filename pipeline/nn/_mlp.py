@@ -17,6 +17,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["ACTIVATIONS", "BatchNorm", "MLP", "NormStats", "initial_state"]
 
@@ -144,8 +145,12 @@ class MLP(eqx.Module):
 
 
 def initial_state(model):
-    """The non-trainable state a fresh ``model`` starts from (a tuple of NormStats)."""
+    """The non-trainable state a fresh ``model`` starts from (a tuple of NormStats).
+
+    ``model`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (see
+    :func:`pipeline.nn.model_shapes`); the state is numpy, made without compiling.
+    """
     return tuple(
-        NormStats(jnp.zeros_like(n.shift), jnp.ones_like(n.scale))
+        NormStats(np.zeros(n.shift.shape, n.shift.dtype), np.ones(n.scale.shape, n.scale.dtype))
         for n in getattr(model, "norms", ())
     )

@@ -33,8 +33,10 @@ __all__ = [
     "OUTPUT_ACTIVATIONS",
     "build",
     "compiled_forward",
+    "compiled_init",
     "compiled_objective",
     "compiled_step",
+    "model_shapes",
     "penalty",
 ]
 
@@ -86,13 +88,55 @@ def penalty(params, alpha, l1):
     return 0.5 * alpha * l2 + l1 * sum(jnp.abs(w).sum() for w in weights)
 
 
+def _is_shape(x):
+    return isinstance(x, jax.ShapeDtypeStruct)
+
+
+@functools.lru_cache(maxsize=128)
+def _shapes(factory, model_kwargs, float_dtype):
+    abstract = eqx.filter_eval_shape(
+        lambda key: factory(**dict(model_kwargs), key=key), jax.random.key(0)
+    )
+    return eqx.partition(abstract, _is_shape)
+
+
+def model_shapes(factory, model_kwargs):
+    """(parameter shapes, static skeleton) of ``factory(**model_kwargs, key=...)``.
+
+    Traced abstractly (``eval_shape``): nothing runs and nothing compiles. The
+    shapes are a pytree of ``jax.ShapeDtypeStruct`` with the structure of the
+    parameters.
+    """
+    return _shapes(factory, model_kwargs, jax.dtypes.canonicalize_dtype(float))
+
+
+@functools.lru_cache(maxsize=64)
+def _init_fn(factory, model_kwargs):
+    def init(key):
+        return eqx.partition(factory(**dict(model_kwargs), key=key), eqx.is_array)[0]
+
+    return jax.jit(init)
+
+
 def build(factory, model_kwargs, key):
-    """``factory(**model_kwargs, key=key)`` split into (arrays, static skeleton)."""
-    return eqx.partition(factory(**dict(model_kwargs), key=key), eqx.is_array)
+    """``factory(**model_kwargs, key=key)`` split into (arrays, static skeleton).
+
+    The initialisation runs as one compiled call, cached per configuration.
+    """
+    return _init_fn(factory, model_kwargs)(key), model_shapes(factory, model_kwargs)[1]
 
 
 def _skeleton(factory, model_kwargs):
-    return build(factory, model_kwargs, jax.random.key(0))[1]
+    return model_shapes(factory, model_kwargs)[1]
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_init(optimizer_kwargs, schedule_kwargs):
+    """The jitted ``init`` of the optimizer :func:`compiled_step` uses (same keys)."""
+    optimizer = make_optimizer(
+        **dict(optimizer_kwargs), learning_rate=make_schedule(**dict(schedule_kwargs))
+    )
+    return jax.jit(optimizer.init)
 
 
 def _batch_loss(static, out_activation):
@@ -147,7 +191,7 @@ def compiled_step(factory, model_kwargs, out_activation, optimizer_kwargs, sched
     def step(params, state, opt_state, key, X, Y, mask, hyper):
         X = X.astype(jax.tree_util.tree_leaves(params)[0].dtype)  # stores may hold uint8
         carry, (losses, counts) = jax.lax.scan(
-            functools.partial(one, hyper), (params, state, opt_state, key), (X, Y, mask)
+            functools.partial(one, hyper), (params, state, opt_state, key), (X, Y, mask), unroll=2
         )
         metrics = {
             "loss_sum": (losses * counts).sum(),
