@@ -361,7 +361,7 @@ def make_classification_store(
     flip_y : float
         Probability that a label is replaced by a random class.
     chunk_rows : int, optional
-        Rows per chunk; by default about 2 MB of X per chunk.
+        Rows per chunk; by default about 8 MB of X per chunk.
     dtype : floating dtype
     format : {"zarr", "memmap"}
     overwrite : bool

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline._graph import BlockGraph
 
-TARGET_CHUNK_BYTES = 2 * 2**20  # default chunks of ~2 MB: inside the 1-4 MB sweet spot
+TARGET_CHUNK_BYTES = 8 * 2**20  # ~8 MB: per-chunk costs (zarr calls, tasks) stay small vs decoding
 
 
 def is_array(obj):

@@ -111,7 +111,7 @@ def read_npy(path, y_path=None, *, chunk_rows: int | None = None) -> _ArrayChunk
     y_path : str or os.PathLike, optional
         A ``.npy`` file of shape (n_samples,) or (n_samples, n_targets).
     chunk_rows : int, optional
-        Rows per chunk; by default about 2 MB of X per chunk.
+        Rows per chunk; by default about 8 MB of X per chunk.
 
     Returns
     -------
@@ -138,7 +138,7 @@ def read_mnist(source=None, split: str = "train", *, chunk_rows: int | None = No
     source, split
         As for :func:`pipeline.datasets.load_mnist`.
     chunk_rows : int, optional
-        Rows per chunk; by default about 2 MB of X per chunk.
+        Rows per chunk; by default about 8 MB of X per chunk.
 
     Returns
     -------

@@ -169,7 +169,7 @@ def write(
     y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
         Must be None when ``X`` is an iterable of pairs.
     chunk_rows : int, optional
-        Samples per chunk; by default about 2 MB of X per chunk.
+        Samples per chunk; by default about 8 MB of X per chunk.
     format : {"zarr", "memmap"}
     overwrite : bool
         Replace an existing store at ``path`` (never a directory that is not a store).

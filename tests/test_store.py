@@ -72,9 +72,9 @@ def test_x_only_and_user_attrs(tmp_path):
     assert "no" not in ds.summary().split("\n")[0]
 
 
-def test_default_chunks_are_about_two_megabytes():
+def test_default_chunks_are_about_eight_megabytes():
     rows = store.default_chunk_rows((784,), "float32")
-    assert 1 * 2**20 <= rows * 784 * 4 <= 4 * 2**20
+    assert 6 * 2**20 <= rows * 784 * 4 <= 10 * 2**20
     assert store.default_chunk_rows((10**7,), "float64") == 1
 
 
