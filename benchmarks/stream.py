@@ -33,19 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import drop_page_cache as _drop_page_cache
 
 N_FEATURES = 1000  # float32 rows of 4 kB
 BATCH = 256
-
-
-def _drop_page_cache():
-    """Ask the kernel to forget cached file pages; True if it listened."""
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _rate(nbytes, seconds):
