@@ -375,7 +375,7 @@ class NeuralNetBase(BaseEstimator):
         )
         try:
             for _ in range(epochs):
-                carry, loss = self._epoch(step, carry, train, bs, n_batches, bar)
+                loss = self._epoch(step, carry, train, bs, n_batches, bar)
                 if self._end_epoch(loss, train.n, carry, val, bar) or incremental:
                     break
             else:
@@ -400,7 +400,7 @@ class NeuralNetBase(BaseEstimator):
         self._key = np.asarray(jax.random.key_data(key))
 
     def _epoch(self, step, carry, train, batch_size, n_batches, bar):
-        """One pass over ``train``: the new carry and the mean training loss."""
+        """One pass over ``train``, updating ``carry`` in place; the mean training loss."""
         stream = chunks(
             train.X,
             train.Y,
@@ -414,7 +414,8 @@ class NeuralNetBase(BaseEstimator):
         metrics, hyper, total = [], self._hyper(), len(stream)
         with stream:
             for c in stream:
-                *carry, m = step(*carry, c.X, c.y, c.mask, hyper)
+                *carry[:], m = step(*carry, c.X, c.y, c.mask, hyper)  # in place: an
+                # interrupted fit keeps the last state (the old buffers were donated)
                 metrics.append((m["loss_sum"], m["finite"]))  # no sync: the device runs ahead
                 bar.update(1 / total)
         losses, finite = zip(*jax.device_get(metrics), strict=True)
@@ -425,7 +426,7 @@ class NeuralNetBase(BaseEstimator):
                 "lazy dask expression such as da.nan_to_num(X) works on streamed data)."
             )
         self._epochs_seen += 1
-        return carry, float(sum(losses)) / train.n
+        return float(sum(losses)) / train.n
 
     def _end_epoch(self, loss, n, carry, val, bar):
         """scikit-learn's bookkeeping and stopping policy; True to stop."""

@@ -46,14 +46,16 @@ class Chunk(NamedTuple):
     mask: np.ndarray
 
 
-def _as_dask(X):
+def _as_dask(X, rows=None):
+    """A dask view of X; ``rows``: its chunks along axis 0 (default ~8 MB each)."""
     if X is None or isinstance(X, da.Array):
         return X
     if type(X).__module__.startswith("zarr"):
         return da.from_zarr(X)
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         X = np.asarray(X)
-    return lazy_view(X, (default_chunk_rows(X.shape[1:], X.dtype), *X.shape[1:]))
+    rows = rows or default_chunk_rows(X.shape[1:], X.dtype)
+    return lazy_view(X, (rows, *X.shape[1:]))
 
 
 def _window_plan(block_sizes, *, shuffle, seed, epoch, window):
@@ -326,7 +328,8 @@ def chunks(
     if isinstance(X, Dataset):
         X, y = X.X, X.y if y is None else y
     in_memory = [a for a in (X, y) if a is not None] if _in_memory(X) and _in_memory(y) else None
-    X, y = _as_dask(X), _as_dask(y)
+    X = _as_dask(X)
+    y = _as_dask(y, X.chunks[0] if X is not None and X.ndim else None)
     if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("X must be an array with known chunk sizes along axis 0")
     if X.shape[0] == 0:

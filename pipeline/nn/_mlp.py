@@ -71,16 +71,20 @@ class BatchNorm(eqx.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale + self.shift, stats
 
 
-def _init_linear(layer, key, activation, is_output):
-    """He uniform for ReLU-like hidden layers, else Glorot uniform (scikit-learn's)."""
-    fan_out, fan_in = layer.weight.shape
+def _linear(fan_in, fan_out, key, activation, is_output):
+    """A Linear layer initialised for its activation.
+
+    He uniform with zero biases for ReLU-like hidden layers, else Glorot uniform
+    (scikit-learn's, factor 2 for logistic). One draw per layer; equinox's own
+    initialisation is never run (its skeleton comes from ``eval_shape``).
+    """
     if activation in _HE and not is_output:
         bound = math.sqrt(6.0 / fan_in)
     else:
         bound = math.sqrt((2.0 if activation == "logistic" else 6.0) / (fan_in + fan_out))
-    kw, kb = jax.random.split(key)
-    weight = jax.random.uniform(kw, layer.weight.shape, minval=-bound, maxval=bound)
-    bias = jax.random.uniform(kb, layer.bias.shape, minval=-bound, maxval=bound)
+    layer = eqx.filter_eval_shape(eqx.nn.Linear, fan_in, fan_out, key=key)
+    u = jax.random.uniform(key, (fan_out * fan_in + fan_out,), minval=-bound, maxval=bound)
+    weight, bias = u[: fan_out * fan_in].reshape(fan_out, fan_in), u[fan_out * fan_in :]
     if activation in _HE:
         bias = jnp.zeros_like(bias)
     return eqx.tree_at(lambda lin: (lin.weight, lin.bias), layer, (weight, bias))
@@ -120,7 +124,7 @@ class MLP(eqx.Module):
         sizes = [n_features, *hidden, n_outputs]
         keys = jax.random.split(key, len(sizes) - 1)
         self.layers = tuple(
-            _init_linear(eqx.nn.Linear(a, b, key=k), k, activation, i == len(sizes) - 2)
+            _linear(a, b, k, activation, i == len(sizes) - 2)
             for i, (a, b, k) in enumerate(zip(sizes[:-1], sizes[1:], keys, strict=False))
         )
         self.norms = tuple(BatchNorm(h) for h in hidden) if batch_norm else ()
