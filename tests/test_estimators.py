@@ -311,3 +311,20 @@ def test_store_with_uint8_features_is_cast_per_chunk(tmp_path, digits):
     ds = pstore.write(tmp_path / "u8.zarr", X, digits[1], chunk_rows=300)
     est = MLPClassifier(**FAST).fit(ds.X, ds.y)
     assert est.coefs_[0].dtype == np.float32 and est.predict(ds.X).dtype == digits[1].dtype
+
+
+def test_fit_and_lazy_predict_on_a_distributed_cluster(digits_store):
+    """Workers (spawned processes) read the store and run predict; the model is the same."""
+    from distributed import Client, LocalCluster
+
+    ref = MLPClassifier(**FAST).fit(digits_store.X, digits_store.y)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        est = MLPClassifier(**FAST).fit(digits_store.X, digits_store.y)
+        labels = est.predict(digits_store.X).compute()
+    _same_model(ref, est)
+    np.testing.assert_array_equal(labels, ref.predict(digits_store.X).compute())
