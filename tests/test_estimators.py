@@ -328,3 +328,15 @@ def test_fit_and_lazy_predict_on_a_distributed_cluster(digits_store):
         labels = est.predict(digits_store.X).compute()
     _same_model(ref, est)
     np.testing.assert_array_equal(labels, ref.predict(digits_store.X).compute())
+
+
+def test_a_second_fit_reuses_the_compiled_step(digits):
+    """Same shapes and configuration: no new compilation, whatever alpha or the seed."""
+    from pipeline import nn
+
+    X, y = digits[0][:400], digits[1][:400]
+    first = MLPClassifier(**FAST).fit(X, y)
+    step = nn.compiled_step(*first._config, first.out_activation_, *first._opt_spec)
+    compiled = step._cache_size()
+    MLPClassifier(**{**FAST, "random_state": 1}, alpha=0.1, l1=1e-3).fit(X, y)
+    assert step._cache_size() == compiled >= 1
