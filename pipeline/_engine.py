@@ -118,6 +118,10 @@ def _to_device(tree):
     return jax.tree_util.tree_map(jnp.asarray, tree)
 
 
+def _kind(spec):
+    return dict(spec[1])["kind"]
+
+
 class NeuralNetBase(BaseEstimator):
     """Shared machinery of the network estimators (not for direct use).
 
@@ -343,9 +347,12 @@ class NeuralNetBase(BaseEstimator):
         return tuple(sorted(opt.items())), tuple(sorted(sched.items()))
 
     def _optimizer_state(self, params, spec, fresh):
-        if not fresh and getattr(self, "_opt_spec", None) == spec:
+        """partial_fit continues the optimizer (moments, step count) as long as the
+        optimizer is the same; a schedule that depends on the data size (steps per
+        epoch) is re-derived from the step count, so chunks of any size keep it."""
+        old, self._opt_spec = getattr(self, "_opt_spec", None), spec
+        if not fresh and old is not None and old[0] == spec[0] and _kind(old) == _kind(spec):
             return _to_device(self._opt_state)
-        self._opt_spec = spec
         state = nn.compiled_init(*spec)(params)
         if dict(spec[1])["kind"] == "constant" and dict(spec[1])["learning_rate_init"] == 1.0:
             state = nn.set_learning_rate(state, self.learning_rate_init)  # see _optimizer_spec

@@ -164,6 +164,15 @@ def test_partial_fit_contract(digits):
         MLPClassifier(early_stopping=True).partial_fit(X, y, classes=np.arange(10))
 
 
+def test_partial_fit_keeps_the_optimizer_across_calls_of_any_size(digits):
+    X, y = digits[0], digits[1]
+    est = MLPClassifier(**FAST, learning_rate="cosine")
+    est.partial_fit(X[:300], y[:300], classes=np.arange(10))
+    count = int(est._opt_state.count)
+    est.partial_fit(X[300:1000], y[300:1000])  # another size: another steps-per-epoch
+    assert int(est._opt_state.count) == count + 4  # continued, not restarted (700 / 200)
+
+
 def test_partial_fit_epochs_equal_fit_epochs(digits):
     X, y = digits[0], digits[1]
     a = MLPClassifier(**FAST).fit(X, y)
