@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -74,6 +76,28 @@ class _Data(NamedTuple):
     streamed: bool
 
 
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (sys.modules["pipeline"], sys.modules["sklearn"])
+)
+
+
+def _caller_level():
+    """``stacklevel`` for a warning to point at the first frame outside pipeline and
+    scikit-learn (the user's call), however deep inside the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_known_chunks(a, name):
+    if isinstance(a, da.Array) and any(math.isnan(c) for c in a.chunks[0]):
+        raise ValueError(
+            f"{name} has unknown chunk sizes (as after boolean indexing of a dask array); "
+            f"call {name}.compute_chunk_sizes() first, or index it with a numpy mask"
+        )
+
+
 def _check_finite_window(Xw, Yw, dtype=np.float32):
     """Stream transform: features as ``dtype``, refusing NaN and infinity."""
     Xw = np.asarray(Xw, dtype=dtype)
@@ -118,6 +142,56 @@ def _to_device(tree):
     return jax.tree_util.tree_map(jnp.asarray, tree)
 
 
+class _Predictor:
+    """A fitted network frozen for inference: configuration and numpy parameters.
+
+    What a lazy ``predict`` puts in its graph: it pickles small (numpy inside),
+    its dask token comes from its content, and refitting the estimator later
+    does not change it.
+    """
+
+    def __init__(self, config, out_activation, n_outputs, dtype, params, state):
+        self.config, self.out_activation = config, out_activation
+        self.n_outputs, self.dtype = n_outputs, dtype
+        self.params, self.state = params, state
+
+    def __dask_tokenize__(self):
+        factory, kwargs = self.config
+        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((self.params, self.state))]
+        return tokenize(
+            factory.__module__,
+            factory.__qualname__,
+            kwargs,
+            self.out_activation,
+            self.dtype,
+            leaves,
+        )
+
+    def __call__(self, X):
+        """Outputs of shape (n, n_outputs) for X of shape (n, *features) in ``dtype``.
+
+        Rows run in padded blocks of ``PREDICT_ROWS``: one compiled program, and a
+        row's output never depends on the rows around it.
+        """
+        with jax.enable_x64(self.dtype == "float64"):
+            forward = nn.compiled_forward(*self.config, self.out_activation)
+            params, state = _to_device(self.params), _to_device(self.state)
+            out = np.empty((len(X), self.n_outputs), dtype=self.dtype)
+            for start in range(0, len(X), PREDICT_ROWS):
+                block = X[start : start + PREDICT_ROWS]
+                real = len(block)
+                if real < PREDICT_ROWS:
+                    pad = np.zeros((PREDICT_ROWS - real, *block.shape[1:]), block.dtype)
+                    block = np.concatenate([block, pad])
+                out[start : start + real] = np.asarray(forward(params, state, block))[:real]
+        return out
+
+    def block(self, Xb):
+        """One dask block: checked for NaN/inf, cast, predicted."""
+        Xb, _ = _check_finite_window(Xb, None, self.dtype)
+        return self(np.ascontiguousarray(Xb))
+
+
 def _kind(spec):
     return dict(spec[1])["kind"]
 
@@ -151,6 +225,7 @@ class NeuralNetBase(BaseEstimator):
                 f"{'n_features' if self._feature_ndim == 1 else '*feature_shape'}), "
                 f"got shape {X.shape}"
             )
+        _check_known_chunks(X, "X")
         if np.dtype(X.dtype).kind not in "biuf":
             raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
         if X.shape[0] == 0:
@@ -174,7 +249,7 @@ class NeuralNetBase(BaseEstimator):
                 X,
                 y,
                 reset=reset,
-                dtype=(np.float64, np.float32),
+                dtype=(np.float64, np.float32),  # as scikit-learn: float32 stays, else float64
                 multi_output=True,
                 y_numeric=self._target_kind is None,
             )
@@ -189,20 +264,31 @@ class NeuralNetBase(BaseEstimator):
                     f"{type(self).__name__} requires y to be passed, but the target y is None"
                 )
             X = self._validate_X(X, reset)
-            y = (
-                as_streamed(y)
-                if is_streamed(y)
-                else lazy_view(np.asarray(y), (X.chunks[0], *np.shape(y)[1:]))
-            )
-            if y.shape[0] != X.shape[0]:
-                raise ValueError(
-                    f"Found input variables with inconsistent numbers of samples:"
-                    f" [{X.shape[0]}, {y.shape[0]}]"
-                )
+            y = self._streamed_like(X, y, "y")
+            if sample_weight is not None:
+                sample_weight = self._streamed_like(X, sample_weight, "sample_weight")
             streamed = True
         kind = self._encode_kind(y, reset=reset, classes=classes, known=known)
-        Y = target_table(y, sample_weight, kind, getattr(self, "classes_", None))
+        dtype = self._data_dtype(X) if reset else self._dtype
+        Y = target_table(y, sample_weight, kind, getattr(self, "classes_", None), dtype=dtype)
         return _Data(X, Y, int(X.shape[0]), streamed)
+
+    @staticmethod
+    def _data_dtype(X):
+        """The compute dtype: float64 for float64 data (as scikit-learn), else float32."""
+        return "float64" if X.dtype == np.float64 else "float32"
+
+    @staticmethod
+    def _streamed_like(X, a, name):
+        """``a`` (y or sample weights) as a dask array cut like X's rows, length checked."""
+        a = as_streamed(a) if is_streamed(a) else np.asarray(a)
+        _check_known_chunks(a, name)
+        if a.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"Found input variables with inconsistent numbers of samples: X has "
+                f"{X.shape[0]}, {name} has {a.shape[0]}"
+            )
+        return a if isinstance(a, da.Array) else lazy_view(a, (X.chunks[0], *a.shape[1:]))
 
     def _encode_kind(self, y, *, reset, classes, known):
         """Target kind; for classifiers, set or check ``classes_``."""
@@ -212,6 +298,13 @@ class NeuralNetBase(BaseEstimator):
         if reset:
             kind, cls = classes_of(y, known=classes if classes is not None else known)
             self.classes_, self._kind = cls, kind
+        elif self.warm_start and classes is None and not isinstance(y, da.Array):
+            seen = classes_of(y)[1] if self._kind != "multilabel" else self.classes_
+            if set(seen.tolist()) != set(self.classes_.tolist()):
+                raise ValueError(
+                    "warm_start can only be used where `y` has the same classes as in the "
+                    f"previous call to fit. Previously got {self.classes_}, `y` has {seen}"
+                )
         return self._kind
 
     # ------------------------------------------------------------------ fitting
@@ -221,7 +314,7 @@ class NeuralNetBase(BaseEstimator):
         return factory, tuple(sorted(kwargs.items()))
 
     def _initialize(self, data):
-        self._dtype = "float64" if data.X.dtype == np.float64 else "float32"
+        self._dtype = self._data_dtype(data.X)
         rs = check_random_state(self.random_state)
         self._seed = int(rs.randint(np.iinfo(np.int32).max))
         n_outputs = self._n_outputs(data.Y)
@@ -312,7 +405,7 @@ class NeuralNetBase(BaseEstimator):
             warnings.warn(
                 "Got `batch_size` less than 1 or larger than sample size. It is "
                 "going to be clipped",
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
         return int(np.clip(self.batch_size, 1, n))
 
@@ -374,6 +467,9 @@ class NeuralNetBase(BaseEstimator):
             jax.random.wrap_key_data(jnp.asarray(self._key)),
         ]
         epochs = 1 if incremental else self.max_iter
+        self.n_iter_ = 0  # epochs of this call, as scikit-learn counts (t_ keeps the total)
+        if self.early_stopping and not hasattr(self, "_best_params"):
+            self._best_params = _to_numpy(params)  # a warm start's (or a loaded model's) best
         bar = tqdm(
             total=epochs,
             disable=not self.verbose,
@@ -390,10 +486,10 @@ class NeuralNetBase(BaseEstimator):
                     f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                     "reached and the optimization hasn't converged yet.",
                     ConvergenceWarning,
-                    stacklevel=3,
+                    stacklevel=_caller_level(),
                 )
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=_caller_level())
         finally:
             bar.close()
         self._store_carry(carry)
@@ -477,7 +573,7 @@ class NeuralNetBase(BaseEstimator):
                 "or the size of your dataset."
             )
         if not data.streamed:
-            stratify = data.Y[:, 0] if self._kind in ("binary", "multiclass") else None
+            stratify = data.Y[:, 0] if self._kind == "binary" else None  # n_outputs_ == 1
             X_tr, X_val, Y_tr, Y_val = train_test_split(
                 data.X,
                 data.Y,
@@ -527,49 +623,40 @@ class NeuralNetBase(BaseEstimator):
 
     # --------------------------------------------------------------- prediction
 
+    def _predictor(self, params=None, state=None):
+        """A frozen snapshot of the network for inference (see :class:`_Predictor`)."""
+        params = self._import_params() if params is None else params
+        state = self._state if state is None else state
+        return _Predictor(
+            self._config, self.out_activation_, self.n_outputs_, self._dtype, params, state
+        )
+
     def _outputs(self, X):
-        """Output activations: numpy (n, n_outputs) for in-memory X, lazy for dask X."""
+        """Output activations: numpy (n, n_outputs) for in-memory X, lazy for dask X.
+
+        A lazy result is bound to the model as it is now: refitting the estimator
+        later does not change what it computes.
+        """
         check_is_fitted(self)
+        predictor = self._predictor()
         if not is_streamed(X):
             X = self._validate_X(X, reset=False).astype(self._dtype, copy=False)
-            with self._precision():
-                return self._forward_numpy(X).astype(np.float64)
+            return predictor(X).astype(np.float64)
         lazy_in = isinstance(X, (da.Array, Dataset))
         X = self._validate_X(X, reset=False)
         lazy = X.map_blocks(
-            self._forward_block,
+            predictor.block,
             dtype=self._dtype,
             chunks=(X.chunks[0], (self.n_outputs_,)),
             drop_axis=list(range(2, X.ndim)) or None,
-            name=f"pipeline-forward-{tokenize(X.name, self._fingerprint())}",
+            name=f"pipeline-forward-{tokenize(X.name, predictor)}",
             meta=np.empty((0, self.n_outputs_), self._dtype),
         ).astype(np.float64)
         return lazy if lazy_in else lazy.compute()
 
-    def _forward_block(self, Xb):
-        Xb, _ = _check_finite_window(Xb, None, self._dtype)
-        with self._precision():
-            return self._forward_numpy(np.ascontiguousarray(Xb))
-
-    def _forward_numpy(self, X, params=None, state=None):
-        forward = nn.compiled_forward(*self._config, self.out_activation_)
-        params = _to_device(self._import_params()) if params is None else params
-        state = _to_device(self._state) if state is None else state
-        out = np.empty((len(X), self.n_outputs_), dtype=self._dtype)
-        for start in range(0, len(X), PREDICT_ROWS):
-            block = X[start : start + PREDICT_ROWS]
-            pad = PREDICT_ROWS - len(block)
-            if pad:
-                block = np.concatenate([block, np.zeros((pad, *block.shape[1:]), block.dtype)])
-            out[start : start + PREDICT_ROWS] = np.asarray(forward(params, state, block))[
-                : PREDICT_ROWS - pad
-            ]
-        return out
-
     def _streamed_score(self, X, Y, streamed, *, params=None, state=None):
         """The estimator's score over (X, Y), chunk by chunk: combine, then aggregate."""
-        params = _to_device(self._import_params()) if params is None else params
-        state = _to_device(self._state) if state is None else state
+        predictor = self._predictor(params, state)
         total = 0.0
         stream = chunks(
             X,
@@ -582,31 +669,23 @@ class NeuralNetBase(BaseEstimator):
         )
         with stream:
             for c in stream:
-                P = self._forward_numpy(c.X[0], params, state)
+                P = predictor(np.asarray(c.X[0], self._dtype))
                 Yc = np.where(c.mask[0][:, None], c.y[0], 0.0)
                 total = total + score_chunk(self._kind, P, Yc)
         return score_aggregate(self._kind, total)
-
-    def _fingerprint(self):
-        leaves = jax.tree_util.tree_leaves(self._import_params())
-        return tokenize(type(self).__name__, self.get_params(deep=False), leaves, self._state)
-
-    def __dask_tokenize__(self):
-        if hasattr(self, "_config"):
-            return self._fingerprint()
-        return tokenize(type(self).__name__, self.get_params(deep=False))
 
     # -------------------------------------------------------------- scoring
 
     def _score_streamed(self, X, y, sample_weight):
         if isinstance(X, Dataset) and y is None:
             y = X.y
+        if y is None:
+            raise ValueError(f"{type(self).__name__}.score needs y: X holds no targets")
         X = self._validate_X(X, reset=False)
-        y = (
-            as_streamed(y)
-            if is_streamed(y)
-            else lazy_view(np.asarray(y), (X.chunks[0], *np.shape(y)[1:]))
-        )
-        Y = target_table(y, sample_weight, self._kind, getattr(self, "classes_", None))
+        y = self._streamed_like(X, y, "y")
+        if sample_weight is not None:
+            sample_weight = self._streamed_like(X, sample_weight, "sample_weight")
+        classes = getattr(self, "classes_", None)
+        Y = target_table(y, sample_weight, self._kind, classes, dtype=self._dtype)
         with self._precision():
             return self._streamed_score(X, Y, True)

@@ -282,7 +282,8 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         ``classes`` (all labels that will ever be seen) is required on the first call.
         """
         if _check_partial_fit_first_call(self, classes):
-            del self.classes_
+            classes = self.classes_  # sorted and unique (scikit-learn's unique_labels)
+            del self.classes_  # set again, with the target kind, by the first fit
             return self._fit(X, y, sample_weight, incremental=True, classes=classes)
         return self._fit(X, y, sample_weight, incremental=True)
 

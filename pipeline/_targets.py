@@ -1,6 +1,6 @@
 """Targets: label encoding, target tables for streaming, and streamed scores.
 
-Training streams carry one float32 target table ``Y`` of shape
+Training streams carry one target table (in the compute dtype) ``Y`` of shape
 ``(n_samples, n_targets + 1)``: the encoded targets and, last, the sample
 weight. Encoding runs per block (numpy or ``dask.array.map_blocks``), so
 labels of a store are never gathered in one place.
@@ -12,11 +12,13 @@ Target kinds: ``"multiclass"`` (one column: the class index), ``"binary"`` (one
 
 from __future__ import annotations
 
+import functools
+
 import dask.array as da
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
-from pipeline._inputs import lazy_view  # noqa: I001
+from pipeline._inputs import lazy_view
 
 __all__ = ["classes_of", "encode", "score_aggregate", "score_chunk", "target_table"]
 
@@ -54,10 +56,10 @@ def classes_of(y, known=None):
     return ("binary" if len(classes) == 2 else "multiclass"), classes
 
 
-def encode(y, kind, classes):
-    """Encode one block of targets: float32 of shape (n, n_targets)."""
+def encode(y, kind, classes, dtype=np.float32):
+    """Encode one block of targets: ``dtype`` of shape (n, n_targets)."""
     if kind == "continuous":
-        y = np.asarray(y, dtype=np.float32)
+        y = np.asarray(y, dtype=dtype)
         if y.size and not np.isfinite(y).all():
             raise ValueError("Input y contains NaN or infinity.")
         return y.reshape(len(y), -1)
@@ -68,7 +70,7 @@ def encode(y, kind, classes):
                 f"multilabel y must be a 0/1 indicator matrix with {len(classes)} "
                 f"columns, got shape {y.shape}"
             )
-        return y.astype(np.float32)
+        return y.astype(dtype)
     y = np.asarray(y).reshape(-1)
     idx = np.searchsorted(classes, y)
     idx_in = np.minimum(idx, len(classes) - 1)
@@ -78,38 +80,39 @@ def encode(y, kind, classes):
             f"`y` has classes not in `self.classes_`. `self.classes_` has {classes}. "
             f"'y' has {np.unique(y[unseen])} that are not among them."
         )
-    return idx_in.astype(np.float32).reshape(-1, 1)
+    return idx_in.astype(dtype).reshape(-1, 1)
 
 
-def _table_block(y, w, kind, classes):
-    Y = encode(y, kind, classes)
-    w = np.ones(len(Y), np.float32) if w is None else np.asarray(w, np.float32).reshape(-1)
+def _table_block(y, w, kind, classes, dtype=np.float32):
+    Y = encode(y, kind, classes, dtype)
+    w = np.ones(len(Y), dtype) if w is None else np.asarray(w, dtype).reshape(-1)
     if len(w) != len(Y):
         raise ValueError(f"sample_weight has {len(w)} entries for {len(Y)} samples")
     return np.concatenate([Y, w[:, None]], axis=1)
 
 
-def target_table(y, sample_weight, kind, classes=None):
-    """``Y`` of shape (n, n_targets + 1), encoded targets then weights; lazy for dask y."""
+def target_table(y, sample_weight, kind, classes=None, dtype=np.float32):
+    """``Y`` of shape (n, n_targets + 1), encoded targets then weights; lazy for dask y.
+
+    ``dtype``: the compute dtype (float64 keeps regression targets exact).
+    """
     if not _is_lazy(y):
-        return _table_block(y, sample_weight, kind, classes)
+        return _table_block(y, sample_weight, kind, classes, dtype)
     y = (y[:, None] if y.ndim == 1 else y).rechunk({1: -1})
     width = (1 if kind in ("binary", "multiclass") else y.shape[1]) + 1
     if sample_weight is None:
-        sw = da.ones(y.shape[0], dtype=np.float32, chunks=(y.chunks[0],))
+        sw = da.ones(y.shape[0], dtype=dtype, chunks=(y.chunks[0],))
     elif _is_lazy(sample_weight):
         sw = sample_weight.rechunk({0: y.chunks[0]})
     else:
         sw = lazy_view(np.asarray(sample_weight), (y.chunks[0],))
     return da.map_blocks(
-        _table_block,
+        functools.partial(_table_block, kind=kind, classes=classes, dtype=dtype),
         y,
         sw[:, None],
-        kind=kind,
-        classes=classes,
-        dtype=np.float32,
+        dtype=dtype,
         chunks=(y.chunks[0], (width,)),
-        meta=np.empty((0, width), np.float32),
+        meta=np.empty((0, width), dtype),
     )
 
 

@@ -58,6 +58,8 @@ def _to_json(value):
         return [_to_json(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _to_json(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -86,21 +88,40 @@ def _params_json(est):
     return _to_json(params)
 
 
+def _write_array(group, name, data):
+    data = np.asarray(data)
+    codec = zarr.codecs.ZstdCodec(level=1, checksum=True)  # corruption fails to decode
+    group.create_array(name, data=data, compressors=codec, config={"write_empty_chunks": True})
+
+
+def _read_array(group, name, shape=None):
+    """An array of the model group, refusing missing chunks (zarr would fill them in)."""
+    arr = group[name]
+    if arr.nchunks_initialized != arr.nchunks:
+        raise ValueError(
+            f"array {name!r} is missing {arr.nchunks - arr.nchunks_initialized} of "
+            f"its {arr.nchunks} chunks"
+        )
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"array {name!r} has shape {arr.shape}, the model needs {shape}")
+    return arr[...]
+
+
 def _write_tree(group, name, tree):
     leaves = jax.tree_util.tree_leaves(tree)
     for i, leaf in enumerate(leaves):
-        group.create_array(f"{name}/{i}", data=np.asarray(leaf))
+        _write_array(group, f"{name}/{i}", leaf)
     return len(leaves)
 
 
 def _read_tree(group, name, count, template):
-    leaves = [group[f"{name}/{i}"][...] for i in range(count)]
     treedef = jax.tree_util.tree_structure(template)
     if treedef.num_leaves != count:
         raise ValueError(
-            f"model file holds {count} arrays for {name!r}, the model needs "
-            f"{treedef.num_leaves}: the file is corrupt or from another version"
+            f"it holds {count} arrays for {name!r}, the model needs {treedef.num_leaves}"
         )
+    shapes = [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(template)]
+    leaves = [_read_array(group, f"{name}/{i}", shape) for i, shape in enumerate(shapes)]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -114,12 +135,13 @@ def _write_group(est, location):
         if hasattr(est, "_opt_state"):
             counts["opt_state"] = _write_tree(group, "opt_state", est._opt_state)
             fitted["_opt_spec"] = _to_json(est._opt_spec)
-        group.create_array("key", data=np.asarray(est._key))
+        _write_array(group, "key", est._key)
     if hasattr(est, "classes_"):
         classes = np.asarray(est.classes_)
-        group.create_array(
-            "classes", data=classes.astype(str) if classes.dtype == object else classes
-        )
+        if classes.dtype.kind in "biuf":
+            _write_array(group, "classes", classes)
+        else:  # labels as JSON: zarr's string arrays are not yet a stable format
+            fitted["classes_"] = _to_json(classes)
     if hasattr(est, "feature_names_in_"):
         fitted["feature_names_in_"] = [str(f) for f in est.feature_names_in_]
     group.attrs.update(
@@ -167,6 +189,8 @@ def _open_model_group(path):
         group = zarr.open_group(str(local) if local is not None else path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise FileNotFoundError(f"no model at {path}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:  # unreadable metadata (JSONDecodeError)
+        raise ValueError(f"{path} is not a readable pipeline model: {exc}") from exc
     meta = group.attrs.get(FORMAT)
     if not isinstance(meta, dict):
         raise ValueError(
@@ -198,16 +222,27 @@ def load(path):
     classes = _registry()
     if meta.get("class") not in classes:
         raise ValueError(f"{path} holds an unknown model class {meta.get('class')!r}")
-    cls = classes[meta["class"]]
+    try:
+        return _restore(classes[meta["class"]], group, meta)
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
+        raise ValueError(
+            f"{path} is not a readable pipeline model: {exc} (the file is corrupt, edited or "
+            "from another version)"
+        ) from exc
+
+
+def _restore(cls, group, meta):
     params = {k: _tuples(_from_json(v)) for k, v in meta["params"].items()}
     est = cls(**params)
     for k, v in meta["fitted"].items():
-        if k != "_opt_spec":
+        if k not in ("_opt_spec", "classes_", "feature_names_in_"):
             setattr(est, k, _from_json(v))
     if "feature_names_in_" in meta["fitted"]:
         est.feature_names_in_ = np.asarray(meta["fitted"]["feature_names_in_"], dtype=object)
-    if "classes" in group:
-        est.classes_ = group["classes"][...]
+    if "classes_" in meta["fitted"]:
+        est.classes_ = np.asarray(_from_json(meta["fitted"]["classes_"]))
+    elif "classes" in group:
+        est.classes_ = _read_array(group, "classes")
     if "params" in meta["arrays"]:
         _restore_arrays(est, group, meta)
     return est
@@ -225,4 +260,4 @@ def _restore_arrays(est, group, meta):
             est._opt_spec = _tuples(_from_json(meta["fitted"]["_opt_spec"]))
             opt_template = jax.eval_shape(nn.compiled_init(*est._opt_spec), template)
             est._opt_state = _read_tree(group, "opt_state", counts["opt_state"], opt_template)
-    est._key = group["key"][...]
+    est._key = _read_array(group, "key", (2,))

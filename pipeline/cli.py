@@ -6,6 +6,7 @@ Also ``python -m pipeline ...``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -94,13 +95,20 @@ def _estimator(model, ds, **params):
     return (MLPClassifier if model == "mlp-classifier" else MLPRegressor)(**params)
 
 
+def _existing_parent(path):
+    path = Path(path).absolute().parent
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _hidden(spec):
     try:
-        sizes = tuple(int(v) for v in spec.split(",") if v.strip())
+        sizes = tuple(int(v) for v in spec.split(","))
     except ValueError:
-        raise ValueError(
-            f"--hidden must be comma-separated layer sizes like 256,128, got {spec!r}"
-        ) from None
+        sizes = ()
+    if not sizes:
+        raise ValueError(f"--hidden must be comma-separated layer sizes like 256,128, got {spec!r}")
     return sizes
 
 
@@ -109,7 +117,10 @@ def train(store, out, *, model="mlp", hidden="256,128", epochs=10, overwrite=Fal
     from pipeline._store import _check_destination, _local_path
     from pipeline._store import open as open_store
 
-    _check_destination(out, _local_path(out), overwrite)  # fail before training, not after
+    local = _local_path(out)  # fail before training, not after it
+    _check_destination(out, local, overwrite)
+    if local is not None and not os.access(_existing_parent(local), os.W_OK):
+        raise PermissionError(f"cannot write the model to {out}: {local.parent} is not writable")
     ds = open_store(store)
     if ds.y is None:
         raise ValueError(f"{store} holds no target y; train needs labels or targets")
@@ -290,7 +301,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, FileExistsError, PermissionError, ValueError, TypeError) as exc:
         print(f"pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

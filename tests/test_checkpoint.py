@@ -108,3 +108,45 @@ def test_save_is_atomic_and_refuses_to_overwrite(labelled, tmp_path, monkeypatch
     )
     with pytest.raises(TypeError, match="pipeline's estimators"):
         checkpoint.save(object(), tmp_path / "o.zarr")
+
+
+def test_corrupt_or_edited_models_are_refused_clearly(labelled, tmp_path):
+    import shutil
+
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(*labelled)
+    est.save(tmp_path / "m.zarr")
+    assert est.classes_.dtype.kind == "U" and not (tmp_path / "m.zarr" / "classes").exists()
+
+    def broken(edit):
+        shutil.copytree(tmp_path / "m.zarr", tmp_path / "b.zarr", dirs_exist_ok=True)
+        edit(tmp_path / "b.zarr")
+        with pytest.raises(ValueError, match="not a readable pipeline model"):
+            pipeline.load(tmp_path / "b.zarr")
+        shutil.rmtree(tmp_path / "b.zarr")
+
+    def drop_chunk(p):
+        next(
+            c for c in (p / "params" / "0").rglob("*") if c.is_file() and c.name != "zarr.json"
+        ).unlink()
+
+    def garble_chunk(p):
+        chunk = next(
+            c for c in (p / "params" / "0").rglob("*") if c.is_file() and c.name != "zarr.json"
+        )
+        chunk.write_bytes(b"garbage" * 10)
+
+    def edit_features(p):
+        meta = json.loads((p / "zarr.json").read_text())
+        meta["attributes"]["pipeline-model"]["fitted"]["n_features_in_"] = 10
+        (p / "zarr.json").write_text(json.dumps(meta))
+
+    def truncate(p):
+        (p / "zarr.json").write_text((p / "zarr.json").read_text()[:40])
+
+    for edit in (drop_chunk, garble_chunk, edit_features, truncate):
+        broken(edit)
+    wide = MLPRegressor(hidden_layer_sizes=np.array([3]), max_iter=1).fit(
+        *labelled[:1], [0.0] * 600
+    )
+    wide.save(tmp_path / "w.zarr")
+    assert pipeline.load(tmp_path / "w.zarr").hidden_layer_sizes == (3,)

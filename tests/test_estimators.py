@@ -155,7 +155,9 @@ def test_partial_fit_contract(digits):
     est.partial_fit(X[:500], y[:500], classes=np.arange(10))
     assert est.n_iter_ == 1 and est.t_ == 500
     est.partial_fit(da.from_array(X[500:], chunks=128), y[500:])
-    assert est.n_iter_ == 2 and est.t_ == len(X)
+    assert est.n_iter_ == 1 and est.t_ == len(X)  # per call, as scikit-learn 1.9
+    shuffled = MLPClassifier(**FAST).partial_fit(X, y % 3, classes=[2, 0, 1, 1])
+    np.testing.assert_array_equal(shuffled.classes_, [0, 1, 2])
     with pytest.raises(ValueError, match="classes not in `self.classes_`"):
         est.partial_fit(X[:20], y[:20] + 10)
     with pytest.raises(AttributeError, match="has no attribute 'partial_fit'"):
@@ -349,3 +351,35 @@ def test_a_second_fit_reuses_the_compiled_step(digits):
     compiled = step._cache_size()
     MLPClassifier(**{**FAST, "random_state": 1}, alpha=0.1, l1=1e-3).fit(X, y)
     assert step._cache_size() == compiled >= 1
+
+
+def test_a_lazy_prediction_is_bound_to_the_model_it_came_from(fitted, digits):
+    X = digits[2]
+    est = MLPClassifier(**FAST).fit(digits[0], digits[1])
+    lazy, now = est.predict_proba(da.from_array(X, chunks=100)), est.predict_proba(X)
+    est.partial_fit(digits[0], digits[1])
+    np.testing.assert_array_equal(lazy.compute(), now)
+    assert lazy.name != est.predict_proba(da.from_array(X, chunks=100)).name
+
+
+def test_review_edge_cases(digits):
+    X, y = digits[0][:300], digits[1][:300]
+    est = MLPClassifier(**FAST, warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match="warm_start can only be used where `y` has the same"):
+        est.fit(X[y < 5], y[y < 5])
+    dX = da.from_array(X, chunks=100)
+    with pytest.raises(ValueError, match="unknown chunk sizes.*compute_chunk_sizes"):
+        MLPClassifier(**FAST).fit(dX[dX[:, 10] >= 0], y)
+    with pytest.raises(ValueError, match="X has 300, y has 100"):
+        MLPClassifier(**FAST).fit(dX, y[:100])
+    with pytest.raises(ValueError, match="sample_weight has 7"):
+        MLPClassifier(**FAST).fit(dX, y, sample_weight=np.ones(7))
+
+
+def test_float64_targets_stay_exact():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = 1e8 + X @ np.array([1.0, 2.0, 3.0, 4.0]) * 10
+    est = MLPRegressor(solver="lbfgs", hidden_layer_sizes=(8,), max_iter=30, random_state=0)
+    est.fit(X, y)
+    assert est.score(da.from_array(X, chunks=100), y) == pytest.approx(est.score(X, y), rel=1e-9)
