@@ -113,43 +113,12 @@ class _MLPBase(NeuralNetBase):
         return tags
 
 
-def _init_params(
-    self,
-    hidden_layer_sizes,
-    activation,
-    solver,
-    alpha,
-    batch_size,
-    learning_rate,
-    learning_rate_init,
-    power_t,
-    max_iter,
-    shuffle,
-    random_state,
-    tol,
-    verbose,
-    warm_start,
-    momentum,
-    nesterovs_momentum,
-    early_stopping,
-    validation_fraction,
-    beta_1,
-    beta_2,
-    epsilon,
-    n_iter_no_change,
-    max_fun,
-    dropout,
-    l1,
-    batch_norm,
-    clip_norm,
-    lr_decay,
-    lr_decay_epochs,
-    warmup_epochs,
-    prefetch,
-):
-    for name, value in list(locals().items()):
-        if name != "self":
-            setattr(self, name, value)
+def _assign(params):
+    """``__init__``'s body: store every argument as an attribute, nothing else."""
+    self = params.pop("self")
+    params.pop("__class__", None)
+    for name, value in params.items():
+        setattr(self, name, value)
 
 
 _PARAMS_DOC = """
@@ -251,7 +220,7 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         warmup_epochs=0.0,
         prefetch=2,
     ):
-        _init_params(**{k: v for k, v in locals().items() if k != "__class__"})
+        _assign(locals())
 
     def _out_activation(self):
         return "softmax" if self._kind == "multiclass" else "logistic"
@@ -402,8 +371,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         warmup_epochs=0.0,
         prefetch=2,
     ):
-        self.loss = loss
-        _init_params(**{k: v for k, v in locals().items() if k not in ("__class__", "loss")})
+        _assign(locals())
 
     def _out_activation(self):
         return "exp" if self.loss == "poisson" else "identity"
