@@ -39,32 +39,25 @@ from sklearn.utils.validation import (
 from tqdm.auto import tqdm
 
 from pipeline import nn
-from pipeline._inputs import default_chunk_rows, lazy_view
+from pipeline._inputs import lazy_view
+from pipeline._netio import (
+    PREDICT_ROWS,
+    Predictor,
+    as_streamed,
+    check_finite_window,
+    check_known_chunks,
+    is_streamed,
+    select_rows,
+    to_device,
+    to_numpy,
+)
 from pipeline._store import Dataset
 from pipeline._stream import chunks
 from pipeline._targets import classes_of, score_aggregate, score_chunk, target_table
 
-__all__ = ["NeuralNetBase", "as_streamed", "is_streamed"]
+__all__ = ["NeuralNetBase"]
 
-PREDICT_ROWS = 1024  # inference runs on blocks of this many rows, padded: one compilation
 CHUNK_ROWS = 4096  # training chunks hold at least about this many samples
-
-
-def is_streamed(X):
-    """True for inputs that are read chunk by chunk rather than held in memory."""
-    return isinstance(X, (da.Array, Dataset, np.memmap)) or type(X).__module__.startswith("zarr")
-
-
-def as_streamed(X):
-    """A dask array view of a streamed input (dask, zarr array, Dataset, memmap)."""
-    if isinstance(X, Dataset):
-        return X.X
-    if isinstance(X, da.Array):
-        return X
-    if type(X).__module__.startswith("zarr"):
-        return da.from_zarr(X)
-    rows = default_chunk_rows(X.shape[1:], X.dtype)
-    return lazy_view(X, (rows, *X.shape[1:]), name=f"memmap-{tokenize(X)}")
 
 
 class _Data(NamedTuple):
@@ -88,108 +81,6 @@ def _caller_level():
     while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _check_known_chunks(a, name):
-    if isinstance(a, da.Array) and any(math.isnan(c) for c in a.chunks[0]):
-        raise ValueError(
-            f"{name} has unknown chunk sizes (as after boolean indexing of a dask array); "
-            f"call {name}.compute_chunk_sizes() first, or index it with a numpy mask"
-        )
-
-
-def _check_finite_window(Xw, Yw, dtype=np.float32):
-    """Stream transform: features as ``dtype``, refusing NaN and infinity."""
-    Xw = np.asarray(Xw, dtype=dtype)
-    if not np.isfinite(Xw).all():
-        bad = np.unique(np.nonzero(~np.isfinite(Xw.reshape(len(Xw), -1)))[0])
-        raise ValueError(
-            f"Input X contains NaN or infinity: {len(bad)} of the {len(Xw)} samples in one "
-            "streamed window have non-finite features; clean or impute the data first."
-        )
-    return Xw, Yw
-
-
-def _take(block, keep):
-    return block[keep]
-
-
-def _select_rows(a, keep):
-    """``a[keep]`` for a boolean numpy ``keep``, block by block: each output block
-    reads exactly one block of ``a`` (dask's own boolean indexing re-cuts blocks)."""
-    sizes = a.chunks[0]
-    bounds = np.cumsum((0, *sizes))
-    out = tuple(int(keep[s:e].sum()) for s, e in zip(bounds[:-1], bounds[1:], strict=True))
-    index = "i" + "abcdefgh"[: a.ndim - 1]
-    return da.blockwise(
-        _take,
-        index,
-        a,
-        index,
-        da.from_array(keep, chunks=(sizes,)),
-        "i",
-        adjust_chunks={"i": out},
-        dtype=a.dtype,
-        meta=np.empty((0,) * a.ndim, a.dtype),
-    )
-
-
-def _to_numpy(tree):
-    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
-
-
-def _to_device(tree):
-    return jax.tree_util.tree_map(jnp.asarray, tree)
-
-
-class _Predictor:
-    """A fitted network frozen for inference: configuration and numpy parameters.
-
-    What a lazy ``predict`` puts in its graph: it pickles small (numpy inside),
-    its dask token comes from its content, and refitting the estimator later
-    does not change it.
-    """
-
-    def __init__(self, config, out_activation, n_outputs, dtype, params, state):
-        self.config, self.out_activation = config, out_activation
-        self.n_outputs, self.dtype = n_outputs, dtype
-        self.params, self.state = params, state
-
-    def __dask_tokenize__(self):
-        factory, kwargs = self.config
-        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves((self.params, self.state))]
-        return tokenize(
-            factory.__module__,
-            factory.__qualname__,
-            kwargs,
-            self.out_activation,
-            self.dtype,
-            leaves,
-        )
-
-    def __call__(self, X):
-        """Outputs of shape (n, n_outputs) for X of shape (n, *features) in ``dtype``.
-
-        Rows run in padded blocks of ``PREDICT_ROWS``: one compiled program, and a
-        row's output never depends on the rows around it.
-        """
-        with jax.enable_x64(self.dtype == "float64"):
-            forward = nn.compiled_forward(*self.config, self.out_activation)
-            params, state = _to_device(self.params), _to_device(self.state)
-            out = np.empty((len(X), self.n_outputs), dtype=self.dtype)
-            for start in range(0, len(X), PREDICT_ROWS):
-                block = X[start : start + PREDICT_ROWS]
-                real = len(block)
-                if real < PREDICT_ROWS:
-                    pad = np.zeros((PREDICT_ROWS - real, *block.shape[1:]), block.dtype)
-                    block = np.concatenate([block, pad])
-                out[start : start + real] = np.asarray(forward(params, state, block))[:real]
-        return out
-
-    def block(self, Xb):
-        """One dask block: checked for NaN/inf, cast, predicted."""
-        Xb, _ = _check_finite_window(Xb, None, self.dtype)
-        return self(np.ascontiguousarray(Xb))
 
 
 def _kind(spec):
@@ -225,7 +116,7 @@ class NeuralNetBase(BaseEstimator):
                 f"{'n_features' if self._feature_ndim == 1 else '*feature_shape'}), "
                 f"got shape {X.shape}"
             )
-        _check_known_chunks(X, "X")
+        check_known_chunks(X, "X")
         if np.dtype(X.dtype).kind not in "biuf":
             raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
         if X.shape[0] == 0:
@@ -282,7 +173,7 @@ class NeuralNetBase(BaseEstimator):
     def _streamed_like(X, a, name):
         """``a`` (y or sample weights) as a dask array cut like X's rows, length checked."""
         a = as_streamed(a) if is_streamed(a) else np.asarray(a)
-        _check_known_chunks(a, name)
+        check_known_chunks(a, name)
         if a.shape[0] != X.shape[0]:
             raise ValueError(
                 f"Found input variables with inconsistent numbers of samples: X has "
@@ -322,7 +213,7 @@ class NeuralNetBase(BaseEstimator):
         self._config = self._model_config(self.n_features_in_, n_outputs)
         key = jax.random.wrap_key_data(np.array([0, self._seed], np.uint32))  # = key(seed)
         params, _ = nn.build(*self._config, key)
-        self._export_params(_to_numpy(params))
+        self._export_params(to_numpy(params))
         self._state = nn.initial_state(nn.model_shapes(*self._config)[0])
         self._key = np.array([1, self._seed], np.uint32)  # training's own stream (dropout)
         self._epochs_seen = 0
@@ -384,7 +275,7 @@ class NeuralNetBase(BaseEstimator):
         return jax.enable_x64(self._dtype == "float64")
 
     def _window_check(self):
-        return functools.partial(_check_finite_window, dtype=self._dtype)
+        return functools.partial(check_finite_window, dtype=self._dtype)
 
     def _check_solver_options(self):
         if self.solver == "lbfgs" and (self.dropout > 0 or self.batch_norm):
@@ -445,7 +336,7 @@ class NeuralNetBase(BaseEstimator):
         epoch) is re-derived from the step count, so chunks of any size keep it."""
         old, self._opt_spec = getattr(self, "_opt_spec", None), spec
         if not fresh and old is not None and old[0] == spec[0] and _kind(old) == _kind(spec):
-            return _to_device(self._opt_state)
+            return to_device(self._opt_state)
         state = nn.compiled_init(*spec)(params)
         if dict(spec[1])["kind"] == "constant" and dict(spec[1])["learning_rate_init"] == 1.0:
             state = nn.set_learning_rate(state, self.learning_rate_init)  # see _optimizer_spec
@@ -459,17 +350,17 @@ class NeuralNetBase(BaseEstimator):
             n_batches = max(n_batches, train.X.chunks[0][0] // bs)
         spec = self._optimizer_spec(bs, math.ceil(train.n / bs))
         step = nn.compiled_step(*self._config, self.out_activation_, *spec)
-        params = _to_device(self._import_params())
+        params = to_device(self._import_params())
         carry = [
             params,
-            _to_device(self._state),
+            to_device(self._state),
             self._optimizer_state(params, spec, fresh=not incremental),
             jax.random.wrap_key_data(jnp.asarray(self._key)),
         ]
         epochs = 1 if incremental else self.max_iter
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts (t_ keeps the total)
         if self.early_stopping and not hasattr(self, "_best_params"):
-            self._best_params = _to_numpy(params)  # a warm start's (or a loaded model's) best
+            self._best_params = to_numpy(params)  # a warm start's (or a loaded model's) best
         bar = tqdm(
             total=epochs,
             disable=not self.verbose,
@@ -498,8 +389,8 @@ class NeuralNetBase(BaseEstimator):
 
     def _store_carry(self, carry):
         params, state, opt_state, key = carry
-        self._export_params(_to_numpy(params))
-        self._state, self._opt_state = _to_numpy(state), _to_numpy(opt_state)
+        self._export_params(to_numpy(params))
+        self._state, self._opt_state = to_numpy(state), to_numpy(opt_state)
         self._key = np.asarray(jax.random.key_data(key))
 
     def _epoch(self, step, carry, train, batch_size, n_batches, bar):
@@ -545,7 +436,7 @@ class NeuralNetBase(BaseEstimator):
             improved = score >= self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = _to_numpy(carry[0])
+                self._best_params = to_numpy(carry[0])
             bar.set_postfix(loss=f"{loss:.4g}", val=f"{score:.4f}", refresh=False)
         else:
             improved = loss <= self.best_loss_ - self.tol
@@ -585,7 +476,7 @@ class NeuralNetBase(BaseEstimator):
         held = np.zeros(data.n, dtype=bool)
         held[np.random.default_rng([self._seed, 1]).permutation(data.n)[:n_val]] = True
         return tuple(
-            _Data(_select_rows(data.X, m), _select_rows(data.Y, m), int(m.sum()), True)
+            _Data(select_rows(data.X, m), select_rows(data.Y, m), int(m.sum()), True)
             for m in (~held, held)
         )
 
@@ -598,9 +489,9 @@ class NeuralNetBase(BaseEstimator):
                 "np.asarray(X) if the data fits in memory."
             )
         objective = nn.compiled_objective(*self._config, self.out_activation_)
-        params = _to_device(self._import_params())
+        params = to_device(self._import_params())
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        state, X = _to_device(self._state), jnp.asarray(data.X)
+        state, X = to_device(self._state), jnp.asarray(data.X)
         Y = jnp.asarray(data.Y, X.dtype)
         mask, hyper = jnp.ones(data.n, bool), self._hyper()
 
@@ -619,15 +510,15 @@ class NeuralNetBase(BaseEstimator):
         )
         self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
         self.loss_ = float(res.fun)
-        self._export_params(_to_numpy(unravel(jnp.asarray(res.x, self._dtype))))
+        self._export_params(to_numpy(unravel(jnp.asarray(res.x, self._dtype))))
 
     # --------------------------------------------------------------- prediction
 
     def _predictor(self, params=None, state=None):
-        """A frozen snapshot of the network for inference (see :class:`_Predictor`)."""
+        """A frozen snapshot of the network for inference (see :class:`Predictor`)."""
         params = self._import_params() if params is None else params
         state = self._state if state is None else state
-        return _Predictor(
+        return Predictor(
             self._config, self.out_activation_, self.n_outputs_, self._dtype, params, state
         )
 

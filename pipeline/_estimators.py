@@ -20,7 +20,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call
 
 from pipeline import nn
-from pipeline._engine import NeuralNetBase, is_streamed
+from pipeline._engine import NeuralNetBase
+from pipeline._netio import is_streamed
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
