@@ -94,7 +94,7 @@ class NeuralNetBase(BaseEstimator):
     ``_export_params(params)`` / ``_import_params()``, and ``_target_kind``.
     """
 
-    _feature_ndim = 1  # dimensions of one sample's features (1: flat vectors)
+    _feature_ndim = 1  # dimensions of one sample's features: 1 (flat), or a tuple of allowed
 
     def save(self, path, *, overwrite=False):
         """Write this estimator to a Zarr group (arrays + JSON); read it with
@@ -106,14 +106,31 @@ class NeuralNetBase(BaseEstimator):
     # ------------------------------------------------------------------ inputs
 
     def _validate_X(self, X, reset):
-        """Numpy float32 (validated) or a dask array (checked by shape and dtype)."""
+        """Numpy (validated) or a dask array (checked by shape and dtype), in the
+        layout the network reads; the feature shape is locked at ``reset``."""
+        X = self._prepare_X(X, reset)
         if not is_streamed(X):
-            return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
+            X = validate_data(
+                self, X, reset=reset, dtype=(np.float64, np.float32), allow_nd=self._nd()
+            )
+        else:
+            X = self._validate_streamed_X(X, reset)
+        return self._check_feature_shape(X, reset)
+
+    def _nd(self):
+        return self._feature_ndim != 1
+
+    def _prepare_X(self, X, reset):
+        """Hook: turn raw input (e.g. a DataFrame with categories) into numbers."""
+        return X
+
+    def _validate_streamed_X(self, X, reset):
         X = as_streamed(X)
-        if X.ndim != 1 + self._feature_ndim:
+        ndims = (2,) if not self._nd() else tuple(1 + d for d in self._feature_ndim)
+        if X.ndim not in ndims:
             raise ValueError(
-                f"Expected a {1 + self._feature_ndim}-D array of shape (n_samples, "
-                f"{'n_features' if self._feature_ndim == 1 else '*feature_shape'}), "
+                f"Expected an array with {' or '.join(map(str, ndims))} dimensions, of shape "
+                f"(n_samples, {'n_features' if not self._nd() else '*feature_shape'}); "
                 f"got shape {X.shape}"
             )
         check_known_chunks(X, "X")
@@ -128,6 +145,23 @@ class NeuralNetBase(BaseEstimator):
             X = X.rechunk({i: -1 for i in range(1, X.ndim)})  # whole samples per block
         return X
 
+    def _check_feature_shape(self, X, reset):
+        shape = tuple(int(d) for d in X.shape[1:])
+        if self._nd() and X.ndim - 1 not in self._feature_ndim:
+            raise ValueError(
+                f"{type(self).__name__} takes samples with "
+                f"{' or '.join(map(str, self._feature_ndim))} dimensions, got X of shape "
+                f"{X.shape}"
+            )
+        if reset:
+            self._feature_shape = shape
+        elif shape != tuple(getattr(self, "_feature_shape", shape)):
+            raise ValueError(
+                f"X has samples of shape {shape}, but {type(self).__name__} was fitted on "
+                f"samples of shape {tuple(self._feature_shape)}"
+            )
+        return X
+
     def _validate_training(self, X, y, sample_weight, *, reset, classes=None):
         """Validate (X, y, sample_weight) and build the target table: a :class:`_Data`."""
         if isinstance(X, Dataset) and y is None:
@@ -137,13 +171,15 @@ class NeuralNetBase(BaseEstimator):
         if not is_streamed(X):
             X, y = validate_data(
                 self,
-                X,
+                self._prepare_X(X, reset),
                 y,
                 reset=reset,
                 dtype=(np.float64, np.float32),  # as scikit-learn: float32 stays, else float64
                 multi_output=True,
                 y_numeric=self._target_kind is None,
+                allow_nd=self._nd(),
             )
+            X = self._check_feature_shape(X, reset)
             if y.ndim == 2 and y.shape[1] == 1:
                 y = column_or_1d(y, warn=True)
             if sample_weight is not None:
@@ -200,8 +236,8 @@ class NeuralNetBase(BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
 
-    def _model_config(self, n_features, n_outputs):
-        factory, kwargs = self._model(n_features, n_outputs)
+    def _model_config(self, feature_shape, n_outputs):
+        factory, kwargs = self._model(tuple(feature_shape), n_outputs)
         return factory, tuple(sorted(kwargs.items()))
 
     def _initialize(self, data):
@@ -210,7 +246,7 @@ class NeuralNetBase(BaseEstimator):
         self._seed = int(rs.randint(np.iinfo(np.int32).max))
         n_outputs = self._n_outputs(data.Y)
         self.n_outputs_ = n_outputs
-        self._config = self._model_config(self.n_features_in_, n_outputs)
+        self._config = self._model_config(self._feature_shape, n_outputs)
         key = jax.random.wrap_key_data(np.array([0, self._seed], np.uint32))  # = key(seed)
         params, _ = nn.build(*self._config, key)
         self._export_params(to_numpy(params))
@@ -219,7 +255,7 @@ class NeuralNetBase(BaseEstimator):
         self._epochs_seen = 0
         self.n_iter_, self.t_ = 0, 0
         self.out_activation_ = self._out_activation()
-        self.n_layers_ = self._n_layers()
+        self._set_architecture_attributes()
         if self.solver != "lbfgs":
             self.loss_curve_ = []
             self._no_improvement_count = 0
@@ -230,9 +266,14 @@ class NeuralNetBase(BaseEstimator):
                 self.best_loss_ = np.inf
                 self.validation_scores_ = self.best_validation_score_ = None
 
+    def _set_architecture_attributes(self):
+        """Hook: fitted attributes that describe the network (the MLP's ``n_layers_``)."""
+
     def _n_outputs(self, Y):
         if self._kind == "multiclass":
             return len(self.classes_)
+        if self._kind == "reconstruction":
+            return math.prod(self._feature_shape)
         return int(Y.shape[1]) - 1
 
     def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
@@ -514,34 +555,39 @@ class NeuralNetBase(BaseEstimator):
 
     # --------------------------------------------------------------- prediction
 
-    def _predictor(self, params=None, state=None):
-        """A frozen snapshot of the network for inference (see :class:`Predictor`)."""
+    def _predictor(self, params=None, state=None, *, method=None, n_outputs=None):
+        """A frozen snapshot of the network for inference (see :class:`Predictor`);
+        ``method`` (with its ``n_outputs``) calls another method of the network."""
         params = self._import_params() if params is None else params
         state = self._state if state is None else state
+        n_outputs = self.n_outputs_ if n_outputs is None else n_outputs
         return Predictor(
-            self._config, self.out_activation_, self.n_outputs_, self._dtype, params, state
+            self._config, self.out_activation_, n_outputs, self._dtype, params, state, method
         )
 
-    def _outputs(self, X):
+    def _outputs(self, X, *, method=None, n_outputs=None):
         """Output activations: numpy (n, n_outputs) for in-memory X, lazy for dask X.
 
         A lazy result is bound to the model as it is now: refitting the estimator
         later does not change what it computes.
         """
         check_is_fitted(self)
-        predictor = self._predictor()
-        if not is_streamed(X):
-            X = self._validate_X(X, reset=False).astype(self._dtype, copy=False)
-            return predictor(X).astype(np.float64)
         lazy_in = isinstance(X, (da.Array, Dataset))
         X = self._validate_X(X, reset=False)
+        return self._apply(self._predictor(method=method, n_outputs=n_outputs), X, lazy_in)
+
+    def _apply(self, predictor, X, lazy_in):
+        """``predictor`` over validated X: numpy float64, or lazy when ``lazy_in``."""
+        if not isinstance(X, da.Array):
+            return predictor(X.astype(self._dtype, copy=False)).astype(np.float64)
+        k = predictor.n_outputs
         lazy = X.map_blocks(
             predictor.block,
             dtype=self._dtype,
-            chunks=(X.chunks[0], (self.n_outputs_,)),
+            chunks=(X.chunks[0], (k,)),
             drop_axis=list(range(2, X.ndim)) or None,
             name=f"pipeline-forward-{tokenize(X.name, predictor)}",
-            meta=np.empty((0, self.n_outputs_), self._dtype),
+            meta=np.empty((0, k), self._dtype),
         ).astype(np.float64)
         return lazy if lazy_in else lazy.compute()
 
@@ -562,7 +608,7 @@ class NeuralNetBase(BaseEstimator):
             for c in stream:
                 P = predictor(np.asarray(c.X[0], self._dtype))
                 Yc = np.where(c.mask[0][:, None], c.y[0], 0.0)
-                total = total + score_chunk(self._kind, P, Yc)
+                total = total + score_chunk(self._kind, P, Yc, c.X[0])
         return score_aggregate(self._kind, total)
 
     # -------------------------------------------------------------- scoring

@@ -107,10 +107,10 @@ class Predictor:
     does not change it.
     """
 
-    def __init__(self, config, out_activation, n_outputs, dtype, params, state):
+    def __init__(self, config, out_activation, n_outputs, dtype, params, state, method=None):
         self.config, self.out_activation = config, out_activation
         self.n_outputs, self.dtype = n_outputs, dtype
-        self.params, self.state = params, state
+        self.params, self.state, self.method = params, state, method
 
     def __dask_tokenize__(self):
         factory, kwargs = self.config
@@ -120,6 +120,7 @@ class Predictor:
             factory.__qualname__,
             kwargs,
             self.out_activation,
+            self.method,
             self.dtype,
             leaves,
         )
@@ -131,7 +132,7 @@ class Predictor:
         row's output never depends on the rows around it.
         """
         with jax.enable_x64(self.dtype == "float64"):
-            forward = nn.compiled_forward(*self.config, self.out_activation)
+            forward = nn.compiled_forward(*self.config, self.out_activation, self.method)
             params, state = to_device(self.params), to_device(self.state)
             out = np.empty((len(X), self.n_outputs), dtype=self.dtype)
             for start in range(0, len(X), PREDICT_ROWS):

@@ -7,7 +7,8 @@ labels of a store are never gathered in one place.
 
 Target kinds: ``"multiclass"`` (one column: the class index), ``"binary"`` (one
 0/1 column), ``"multilabel"`` (one 0/1 column per label), ``"continuous"``
-(one column per output).
+(one column per output), ``"reconstruction"`` (no column: an autoencoder's target is
+its input).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def classes_of(y, known=None):
 
 def encode(y, kind, classes, dtype=np.float32):
     """Encode one block of targets: ``dtype`` of shape (n, n_targets)."""
+    if kind == "reconstruction":
+        return np.zeros((len(y), 0), dtype)
     if kind == "continuous":
         y = np.asarray(y, dtype=dtype)
         if y.size and not np.isfinite(y).all():
@@ -99,7 +102,7 @@ def target_table(y, sample_weight, kind, classes=None, dtype=np.float32):
     if not _is_lazy(y):
         return _table_block(y, sample_weight, kind, classes, dtype)
     y = (y[:, None] if y.ndim == 1 else y).rechunk({1: -1})
-    width = (1 if kind in ("binary", "multiclass") else y.shape[1]) + 1
+    width = {"binary": 1, "multiclass": 1, "reconstruction": 0}.get(kind, y.shape[1]) + 1
     if sample_weight is None:
         sw = da.ones(y.shape[0], dtype=dtype, chunks=(y.chunks[0],))
     elif _is_lazy(sample_weight):
@@ -116,13 +119,16 @@ def target_table(y, sample_weight, kind, classes=None, dtype=np.float32):
     )
 
 
-def score_chunk(kind, P, Y):
+def score_chunk(kind, P, Y, X=None):
     """Sufficient statistics of the score on one chunk (a float64 vector).
 
     ``P``: the network's output activations, shape (n, n_outputs); ``Y``: the
-    target table rows (weight 0 on padding).
+    target table rows (weight 0 on padding); ``X``: the inputs (for reconstructions).
     """
     w = Y[:, -1].astype(np.float64)
+    if kind == "reconstruction":
+        err = ((P - np.asarray(X, np.float64).reshape(len(P), -1)) ** 2).mean(1)
+        return np.array([w.sum(), w @ err])
     T = Y[:, :-1]
     if kind == "continuous":
         d = T - P
@@ -135,7 +141,10 @@ def score_chunk(kind, P, Y):
 
 
 def score_aggregate(kind, total):
-    """Accuracy (classification; subset accuracy for multilabel) or R² averaged over outputs."""
+    """Accuracy (classification; subset accuracy for multilabel), R² averaged over outputs,
+    or minus the mean squared reconstruction error."""
+    if kind == "reconstruction":
+        return -float(total[1] / total[0]) if total[0] > 0 else float("nan")
     if kind != "continuous":
         return float(total[1] / total[0]) if total[0] > 0 else float("nan")
     k = (len(total) - 1) // 3

@@ -43,6 +43,7 @@ _SCALARS = (
     "_epochs_seen",
     "_dtype",
     "_kind",
+    "_feature_shape",
 )
 
 
@@ -250,7 +251,13 @@ def _restore(cls, group, meta):
 
 def _restore_arrays(est, group, meta):
     counts = meta["arrays"]
-    est._config = est._model_config(est.n_features_in_, est.n_outputs_)
+    est._feature_shape = tuple(getattr(est, "_feature_shape", (est.n_features_in_,)))
+    if est._feature_shape[0] != est.n_features_in_:
+        raise ValueError(
+            f"n_features_in_={est.n_features_in_} disagrees with the sample shape "
+            f"{est._feature_shape}"
+        )
+    est._config = est._model_config(est._feature_shape, est.n_outputs_)
     with jax.enable_x64(est._dtype == "float64"):
         template = nn.model_shapes(*est._config)[0]
         params = _read_tree(group, "params", counts["params"], template)

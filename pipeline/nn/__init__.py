@@ -4,6 +4,9 @@ Nothing in here knows about scikit-learn; the estimators in
 :mod:`pipeline.estimators` are built on top of it.
 """
 
+from pipeline.nn._autoencoder import AutoEncoderNet
+from pipeline.nn._cnn import CNN, sample_shape
+from pipeline.nn._custom import Wrapped, wrap_module
 from pipeline.nn._mlp import ACTIVATIONS, MLP, BatchNorm, NormStats, initial_state
 from pipeline.nn._optim import (
     OPTIMIZERS,
@@ -13,6 +16,7 @@ from pipeline.nn._optim import (
     make_schedule,
     set_learning_rate,
 )
+from pipeline.nn._rnn import CELLS, RNN
 from pipeline.nn._train import (
     LOSSES,
     OUTPUT_ACTIVATIONS,
@@ -24,9 +28,16 @@ from pipeline.nn._train import (
     model_shapes,
     penalty,
 )
+from pipeline.nn._widedeep import WideDeep
 
 __all__ = [
     "ACTIVATIONS",
+    "CELLS",
+    "CNN",
+    "RNN",
+    "AutoEncoderNet",
+    "WideDeep",
+    "Wrapped",
     "LOSSES",
     "MLP",
     "OPTIMIZERS",
@@ -45,5 +56,7 @@ __all__ = [
     "make_schedule",
     "model_shapes",
     "penalty",
+    "sample_shape",
     "set_learning_rate",
+    "wrap_module",
 ]

@@ -71,23 +71,34 @@ class BatchNorm(eqx.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale + self.shift, stats
 
 
-def _linear(fan_in, fan_out, key, activation, is_output):
-    """A Linear layer initialised for its activation.
-
-    He uniform with zero biases for ReLU-like hidden layers, else Glorot uniform
-    (scikit-learn's, factor 2 for logistic). One draw per layer; equinox's own
-    initialisation is never run (its skeleton comes from ``eval_shape``).
-    """
+def init_bound(fan_in, fan_out, activation, is_output=False):
+    """Half-width of the uniform initialisation of a layer feeding ``activation``:
+    He for ReLU-like hidden layers, else Glorot (scikit-learn's, factor 2 for logistic)."""
     if activation in _HE and not is_output:
-        bound = math.sqrt(6.0 / fan_in)
-    else:
-        bound = math.sqrt((2.0 if activation == "logistic" else 6.0) / (fan_in + fan_out))
-    layer = eqx.filter_eval_shape(eqx.nn.Linear, fan_in, fan_out, key=key)
-    u = jax.random.uniform(key, (fan_out * fan_in + fan_out,), minval=-bound, maxval=bound)
-    weight, bias = u[: fan_out * fan_in].reshape(fan_out, fan_in), u[fan_out * fan_in :]
-    if activation in _HE:
+        return math.sqrt(6.0 / fan_in)
+    return math.sqrt((2.0 if activation == "logistic" else 6.0) / (fan_in + fan_out))
+
+
+def init_layer(layer_type, *args, key, bound, zero_bias, **kwargs):
+    """An equinox layer (``Linear``, ``Conv``) with weight and bias drawn uniformly
+    in ``[-bound, bound]`` (bias zero if ``zero_bias``) in one draw; equinox's own
+    initialisation is never run (the layer's skeleton comes from ``eval_shape``)."""
+    layer = eqx.filter_eval_shape(layer_type, *args, key=key, **kwargs)
+    n_w, n_b = math.prod(layer.weight.shape), math.prod(layer.bias.shape)
+    u = jax.random.uniform(key, (n_w + n_b,), minval=-bound, maxval=bound)
+    weight, bias = u[:n_w].reshape(layer.weight.shape), u[n_w:].reshape(layer.bias.shape)
+    if zero_bias:
         bias = jnp.zeros_like(bias)
-    return eqx.tree_at(lambda lin: (lin.weight, lin.bias), layer, (weight, bias))
+    return eqx.tree_at(lambda lyr: (lyr.weight, lyr.bias), layer, (weight, bias))
+
+
+def _linear(fan_in, fan_out, key, activation, is_output):
+    """A Linear layer initialised for its activation (see :func:`init_bound`); ReLU-like
+    layers start with zero biases."""
+    bound = init_bound(fan_in, fan_out, activation, is_output)
+    return init_layer(
+        eqx.nn.Linear, fan_in, fan_out, key=key, bound=bound, zero_bias=activation in _HE
+    )
 
 
 class MLP(eqx.Module):
@@ -147,14 +158,24 @@ class MLP(eqx.Module):
         last = self.layers[-1]
         return x @ last.weight.T + last.bias, tuple(new_state)
 
+    def initial_state(self):
+        return norm_state(self.norms)
 
-def initial_state(model):
-    """The non-trainable state a fresh ``model`` starts from (a tuple of NormStats).
 
-    ``model`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (see
-    :func:`pipeline.nn.model_shapes`); the state is numpy, made without compiling.
-    """
+def norm_state(norms):
+    """Fresh running statistics (numpy) of a tuple of :class:`BatchNorm` layers."""
     return tuple(
         NormStats(np.zeros(n.shift.shape, n.shift.dtype), np.ones(n.scale.shape, n.scale.dtype))
-        for n in getattr(model, "norms", ())
+        for n in norms
     )
+
+
+def initial_state(model):
+    """The non-trainable state a fresh ``model`` starts from (numpy; ``()`` if none).
+
+    ``model`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (see
+    :func:`pipeline.nn.model_shapes`); nothing is compiled. A network with state
+    defines ``initial_state()``.
+    """
+    make = getattr(model, "initial_state", None)
+    return make() if callable(make) else ()

@@ -69,15 +69,18 @@ LOSSES = {
     "logistic": _sigmoid_loss,
     "identity": _squared_error,
     "exp": _poisson,
+    "reconstruct": _squared_error,
 }
 """Loss by output activation: log-loss for softmax / logistic, squared error for identity,
-Poisson deviance for exp."""
+Poisson deviance for exp; ``reconstruct`` (autoencoders) is the squared error between
+the output and the (clean) input."""
 
 OUTPUT_ACTIVATIONS = {
     "softmax": jax.nn.softmax,
     "logistic": jax.nn.sigmoid,
     "identity": lambda x: x,
     "exp": jnp.exp,
+    "reconstruct": lambda x: x,
 }
 
 
@@ -147,7 +150,8 @@ def _batch_loss(static, out_activation):
         w = y[..., -1] * mask
         out, state = model(x, state, key=key, train=True, weight=w)
         n = jnp.maximum(w.sum(), 1e-12)
-        return loss(out, y[..., :-1], w) + penalty(params, *hyper) / n, state
+        target = x.reshape(out.shape) if out_activation == "reconstruct" else y[..., :-1]
+        return loss(out, target, w) + penalty(params, *hyper) / n, state
 
     return f
 
@@ -204,14 +208,20 @@ def compiled_step(factory, model_kwargs, out_activation, optimizer_kwargs, sched
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_forward(factory, model_kwargs, out_activation):
-    """Jitted inference: (params, state, X of shape (n, *features)) -> (n, n_outputs)."""
+def compiled_forward(factory, model_kwargs, out_activation, method=None):
+    """Jitted inference: (params, state, X of shape (n, *features)) -> (n, n_outputs).
+
+    ``method``: call this method of the network instead, ``method(X, state) -> (n, k)``
+    (e.g. an autoencoder's ``encode``); no output activation is applied.
+    """
     static = _skeleton(factory, model_kwargs)
     act = OUTPUT_ACTIVATIONS[out_activation]
 
     def forward(params, state, X):
-        out, _ = eqx.combine(params, static)(X, state, train=False)
-        return act(out)
+        model = eqx.combine(params, static)
+        if method is not None:
+            return getattr(model, method)(X, state)
+        return act(model(X, state, train=False)[0])
 
     return jax.jit(forward)
 
