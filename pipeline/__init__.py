@@ -3,19 +3,40 @@
 Chunked Zarr / memmap stores (:mod:`pipeline.store`), chunk streams for training
 (:mod:`pipeline.stream`), readers (:mod:`pipeline.sources`) and named datasets
 (:mod:`pipeline.datasets`), scikit-learn estimators on JAX networks
-(:class:`MLPClassifier`, :class:`MLPRegressor`) saved and loaded as Zarr groups
-(:func:`load`).
+(MLPs, CNNs, RNNs, autoencoders, wide & deep and your own equinox modules) saved
+and loaded as Zarr groups (:func:`load`).
 """
 
 from pipeline import datasets, estimators, nn, sources, store, stream
 from pipeline.checkpoint import load
-from pipeline.estimators import MLPClassifier, MLPRegressor
+from pipeline.estimators import (
+    AutoEncoder,
+    CNNClassifier,
+    CNNRegressor,
+    MLPClassifier,
+    MLPRegressor,
+    NeuralNetClassifier,
+    NeuralNetRegressor,
+    RNNClassifier,
+    RNNRegressor,
+    WideDeepClassifier,
+    WideDeepRegressor,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoEncoder",
+    "CNNClassifier",
+    "CNNRegressor",
     "MLPClassifier",
     "MLPRegressor",
+    "NeuralNetClassifier",
+    "NeuralNetRegressor",
+    "RNNClassifier",
+    "RNNRegressor",
+    "WideDeepClassifier",
+    "WideDeepRegressor",
     "datasets",
     "estimators",
     "load",

@@ -94,7 +94,7 @@ class NeuralNetBase(BaseEstimator):
     ``_export_params(params)`` / ``_import_params()``, and ``_target_kind``.
     """
 
-    _feature_ndim = 1  # dimensions of one sample's features: 1 (flat), or a tuple of allowed
+    _feature_ndim = (1,)  # the dimensions one sample may have: (1,) for flat vectors
 
     def save(self, path, *, overwrite=False):
         """Write this estimator to a Zarr group (arrays + JSON); read it with
@@ -118,7 +118,7 @@ class NeuralNetBase(BaseEstimator):
         return self._check_feature_shape(X, reset)
 
     def _nd(self):
-        return self._feature_ndim != 1
+        return tuple(self._feature_ndim) != (1,)
 
     def _prepare_X(self, X, reset):
         """Hook: turn raw input (e.g. a DataFrame with categories) into numbers."""
@@ -126,7 +126,7 @@ class NeuralNetBase(BaseEstimator):
 
     def _validate_streamed_X(self, X, reset):
         X = as_streamed(X)
-        ndims = (2,) if not self._nd() else tuple(1 + d for d in self._feature_ndim)
+        ndims = tuple(1 + d for d in self._feature_ndim)
         if X.ndim not in ndims:
             raise ValueError(
                 f"Expected an array with {' or '.join(map(str, ndims))} dimensions, of shape "
@@ -319,11 +319,12 @@ class NeuralNetBase(BaseEstimator):
         return functools.partial(check_finite_window, dtype=self._dtype)
 
     def _check_solver_options(self):
-        if self.solver == "lbfgs" and (self.dropout > 0 or self.batch_norm):
+        dropout, batch_norm = getattr(self, "dropout", 0.0), getattr(self, "batch_norm", False)
+        if self.solver == "lbfgs" and (dropout > 0 or batch_norm):
             raise ValueError(
                 "solver='lbfgs' optimises the full-batch loss and supports neither "
-                f"dropout (got {self.dropout}) nor batch_norm (got "
-                f"{self.batch_norm}); use a stochastic solver such as 'adam'"
+                f"dropout (got {dropout}) nor batch_norm (got {batch_norm}); use a "
+                "stochastic solver such as 'adam'"
             )
 
     def _hyper(self):

@@ -7,6 +7,7 @@ fit, partial_fit, predict, predict_proba, score) on the engine
 
 from __future__ import annotations
 
+import inspect
 from numbers import Integral, Real
 
 import dask.array as da
@@ -19,7 +20,16 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call
 from pipeline import nn
 from pipeline._netio import is_streamed
 
-__all__ = ["TRAINING_CONSTRAINTS", "ClassifierHead", "RegressorHead", "assign", "stochastic"]
+__all__ = [
+    "TRAINING_CONSTRAINTS",
+    "TRAINING_DEFAULTS",
+    "TRAINING_DOC",
+    "ClassifierHead",
+    "RegressorHead",
+    "assign",
+    "stochastic",
+    "with_parameters",
+]
 
 TRAINING_CONSTRAINTS: dict = {
     "solver": [StrOptions({"lbfgs", *nn.OPTIMIZERS})],
@@ -208,3 +218,82 @@ class RegressorHead(RegressorMixin):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+TRAINING_DEFAULTS = dict(
+    solver="adam",
+    alpha=0.0001,
+    batch_size="auto",
+    learning_rate="constant",
+    learning_rate_init=0.001,
+    power_t=0.5,
+    max_iter=200,
+    shuffle=True,
+    random_state=None,
+    tol=1e-4,
+    verbose=False,
+    warm_start=False,
+    momentum=0.9,
+    nesterovs_momentum=True,
+    early_stopping=False,
+    validation_fraction=0.1,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-8,
+    n_iter_no_change=10,
+    max_fun=15000,
+    l1=0.0,
+    clip_norm=None,
+    lr_decay=0.5,
+    lr_decay_epochs=5,
+    warmup_epochs=0.0,
+    prefetch=2,
+)
+"""The training parameters' defaults (scikit-learn's MLP defaults, and ours)."""
+
+TRAINING_DOC = """
+    Training parameters (as :class:`MLPClassifier`)
+    -----------------------------------------------
+    solver, alpha, batch_size, learning_rate, learning_rate_init, power_t, max_iter,
+    shuffle, random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
+    early_stopping, validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change,
+    max_fun, l1, clip_norm, lr_decay, lr_decay_epochs, warmup_epochs, prefetch
+        The optimizer (optax: 'adam', 'adamw', 'sgd', 'adagrad', 'adadelta',
+        'rmsprop'; 'lbfgs' in memory), its schedule, L2 (``alpha``) and L1 penalties,
+        gradient clipping, scikit-learn's stopping policy and the stream's read-ahead.
+"""
+
+
+def with_parameters(*positional, **network):
+    """Class decorator: an ``__init__`` that only stores its arguments, with an
+    explicit signature (what scikit-learn's ``get_params`` reads).
+
+    ``network``: the network's parameters and their defaults, in order, then any
+    training default to change; the other training parameters follow with the
+    defaults of :data:`TRAINING_DEFAULTS`. ``positional`` names the parameters that
+    may also be passed by position (the first ones).
+    """
+    defaults = {**network, **{k: v for k, v in TRAINING_DEFAULTS.items() if k not in network}}
+    kinds = {name: inspect.Parameter.POSITIONAL_OR_KEYWORD for name in positional}
+    signature = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [
+            inspect.Parameter(name, kinds.get(name, inspect.Parameter.KEYWORD_ONLY), default=value)
+            for name, value in defaults.items()
+        ]
+    )
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = signature
+
+    def decorate(cls):
+        __init__.__qualname__ = f"{cls.__name__}.__init__"
+        cls.__init__ = __init__
+        return cls
+
+    return decorate

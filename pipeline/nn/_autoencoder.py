@@ -72,5 +72,10 @@ class AutoEncoderNet(eqx.Module):
         """Reconstructions of codes (batch, code_size): (batch, n_features) (inference)."""
         return self.decoder(code, state[1])[0]
 
+    def errors(self, x, state):
+        """Mean squared reconstruction error of each sample: (batch, 1) (inference)."""
+        out = self(x, state)[0]
+        return ((out - x.reshape(out.shape)) ** 2).mean(-1, keepdims=True)
+
     def initial_state(self):
         return self.encoder.initial_state(), self.decoder.initial_state()
