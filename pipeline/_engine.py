@@ -399,7 +399,7 @@ class NeuralNetBase(BaseEstimator):
             self._optimizer_state(params, spec, fresh=not incremental),
             jax.random.wrap_key_data(jnp.asarray(self._key)),
         ]
-        epochs = 1 if incremental else self.max_iter
+        epochs, hyper = 1 if incremental else self.max_iter, self._hyper()
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts (t_ keeps the total)
         if self.early_stopping and not hasattr(self, "_best_params"):
             self._best_params = to_numpy(params)  # a warm start's (or a loaded model's) best
@@ -411,7 +411,7 @@ class NeuralNetBase(BaseEstimator):
         )
         try:
             for _ in range(epochs):
-                loss = self._epoch(step, carry, train, bs, n_batches, bar)
+                loss = self._epoch(step, carry, hyper, train, bs, n_batches, bar)
                 if self._end_epoch(loss, train.n, carry, val, bar) or incremental:
                     break
             else:
@@ -435,7 +435,7 @@ class NeuralNetBase(BaseEstimator):
         self._state, self._opt_state = to_numpy(state), to_numpy(opt_state)
         self._key = np.asarray(jax.random.key_data(key))
 
-    def _epoch(self, step, carry, train, batch_size, n_batches, bar):
+    def _epoch(self, step, carry, hyper, train, batch_size, n_batches, bar):
         """One pass over ``train``, updating ``carry`` in place; the mean training loss."""
         stream = chunks(
             train.X,
@@ -444,10 +444,10 @@ class NeuralNetBase(BaseEstimator):
             shuffle=self.shuffle,
             seed=self._seed,
             epoch=self._epochs_seen,
-            prefetch=self.prefetch,
+            prefetch=self.prefetch if train.streamed else 0,  # RAM needs no read-ahead
             n_batches=n_batches,
         )
-        metrics, hyper, total = [], self._hyper(), len(stream)
+        metrics, total = [], len(stream)
         with stream:
             for c in stream:
                 *carry[:], m = step(*carry, c.X, c.y, c.mask, hyper)  # in place: an

@@ -13,7 +13,6 @@ from numbers import Integral, Real
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from pipeline import nn
@@ -145,7 +144,6 @@ _CNN_DEFAULTS = dict(
     activation="relu",
     dropout=0.0,
     batch_norm=False,
-    max_iter=20,
 )
 
 
@@ -262,7 +260,6 @@ _RNN_DEFAULTS = dict(
     activation="tanh",
     dropout=0.0,
     batch_norm=False,
-    max_iter=20,
     clip_norm=1.0,
 )
 
@@ -307,6 +304,18 @@ class RNNRegressor(RegressorHead, _RNN):
 # ---------------------------------------------------------------- your own module
 
 
+def _relu(x):  # module-level functions pickle; jax.nn.relu does not
+    return jax.nn.relu(x)
+
+
+def _flatten(x):
+    return x.reshape(-1)
+
+
+def _identity(x):
+    return x
+
+
 def default_module(in_size, n_outputs, *, key):
     """The network of ``module=None``: one hidden layer of 100 ReLU units."""
     mlp = eqx.nn.MLP(
@@ -314,10 +323,11 @@ def default_module(in_size, n_outputs, *, key):
         n_outputs,
         width_size=100,
         depth=1,
-        activation=jax.nn.relu,
+        activation=_relu,
+        final_activation=_identity,
         key=key,
     )
-    return mlp if isinstance(in_size, int) else eqx.nn.Sequential([eqx.nn.Lambda(jnp.ravel), mlp])
+    return mlp if isinstance(in_size, int) else eqx.nn.Sequential([eqx.nn.Lambda(_flatten), mlp])
 
 
 class _UserNet(Network):

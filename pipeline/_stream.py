@@ -46,6 +46,28 @@ class Chunk(NamedTuple):
     mask: np.ndarray
 
 
+class _Layout(NamedTuple):
+    """Shape and block sizes of an in-memory array: what the stream needs of it."""
+
+    shape: tuple
+    chunks: tuple
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+
+def _layout(a, rows=None):
+    """The block layout a numpy array is streamed in (no dask graph is built)."""
+    if a is None or a.ndim == 0:
+        return None if a is None else _Layout((), ())
+    if not isinstance(rows, tuple):
+        step = rows or default_chunk_rows(a.shape[1:], a.dtype)
+        n = a.shape[0]
+        rows = tuple(min(step, n - s) for s in range(0, n, step)) or (0,)
+    return _Layout(a.shape, (rows, *((d,) for d in a.shape[1:])))
+
+
 def _as_dask(X, rows=None):
     """A dask view of X; ``rows``: its chunks along axis 0 (default ~8 MB each)."""
     if X is None or isinstance(X, da.Array):
@@ -328,8 +350,9 @@ def chunks(
     if isinstance(X, Dataset):
         X, y = X.X, X.y if y is None else y
     in_memory = [a for a in (X, y) if a is not None] if _in_memory(X) and _in_memory(y) else None
-    X = _as_dask(X)
-    y = _as_dask(y, X.chunks[0] if X is not None and X.ndim else None)
+    as_view = _layout if in_memory else _as_dask
+    X = as_view(X)
+    y = as_view(y, X.chunks[0] if X is not None and X.ndim else None)
     if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("X must be an array with known chunk sizes along axis 0")
     if X.shape[0] == 0:

@@ -15,6 +15,7 @@ from numbers import Integral
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from pipeline import nn
@@ -134,6 +135,11 @@ class _WideDeep(Network):
 
     def _prepare_X(self, X, reset):
         """Categorical columns as codes; a DataFrame keeps its column names."""
+        if scipy.sparse.issparse(X):
+            raise TypeError(
+                f"{type(self).__name__} does not accept sparse data: dense data is required "
+                "(X.toarray(), or a dask array of dense blocks)"
+            )
         if is_streamed(X):
             X = as_streamed(X)
         elif not _is_frame(X):

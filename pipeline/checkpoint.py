@@ -11,6 +11,7 @@ model predicts identically and continues training (``partial_fit``,
 
 from __future__ import annotations
 
+import inspect
 import math
 import tempfile
 from pathlib import Path
@@ -44,7 +45,11 @@ _SCALARS = (
     "_dtype",
     "_kind",
     "_feature_shape",
+    "categorical_columns_",
+    "crosses_",
+    "categories_",
 )
+_CODE = "code"  # a parameter that is Python code (your own module): named, never stored
 
 
 def _registry():
@@ -82,10 +87,18 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _code_name(obj):
+    """``module.qualname`` of a class or function, or of an instance's class."""
+    kind = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', repr(kind))}"
+
+
 def _params_json(est):
     params = est.get_params(deep=False)
     if not (params.get("random_state") is None or isinstance(params["random_state"], int)):
         params["random_state"] = None  # a RandomState object is not data; it was consumed
+    if params.get("module") is not None:
+        params["module"] = {_CODE: _code_name(params["module"])}
     return _to_json(params)
 
 
@@ -206,13 +219,18 @@ def _open_model_group(path):
     return group, meta
 
 
-def load(path):
+def load(path, **params):
     """Read an estimator written by ``est.save(path)``; nothing is unpickled.
 
     Parameters
     ----------
     path : str or os.PathLike
         A local directory or an fsspec URL.
+    **params
+        Constructor parameters to give back that a model file cannot hold: the
+        ``module`` of a ``NeuralNetClassifier`` / ``NeuralNetRegressor`` (your
+        code, which the file names but never stores). Its arrays must fit the saved
+        weights.
 
     Returns
     -------
@@ -223,8 +241,19 @@ def load(path):
     classes = _registry()
     if meta.get("class") not in classes:
         raise ValueError(f"{path} holds an unknown model class {meta.get('class')!r}")
+    code = {
+        k: v[_CODE]
+        for k, v in meta.get("params", {}).items()
+        if isinstance(v, dict) and set(v) == {_CODE} and k not in params
+    }
+    if code:
+        given = ", ".join(f"{k}=<{name}>" for k, name in code.items())
+        raise ValueError(
+            f"{path} was built from your code, which a model file does not store: pass it "
+            f"back, as pipeline.load({str(path)!r}, {given})"
+        )
     try:
-        return _restore(classes[meta["class"]], group, meta)
+        return _restore(classes[meta["class"]], group, meta, params)
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         raise ValueError(
             f"{path} is not a readable pipeline model: {exc} (the file is corrupt, edited or "
@@ -232,11 +261,15 @@ def load(path):
         ) from exc
 
 
-def _restore(cls, group, meta):
+def _restore(cls, group, meta, given):
     params = {k: _tuples(_from_json(v)) for k, v in meta["params"].items()}
-    est = cls(**params)
+    est = cls(**{**params, **given})
     for k, v in meta["fitted"].items():
-        if k not in ("_opt_spec", "classes_", "feature_names_in_"):
+        if k == "categories_":
+            est.categories_ = [np.asarray(c) for c in _from_json(v)]
+        elif k in ("categorical_columns_", "crosses_"):
+            setattr(est, k, _tuples(_from_json(v)))
+        elif k not in ("_opt_spec", "classes_", "feature_names_in_"):
             setattr(est, k, _from_json(v))
     if "feature_names_in_" in meta["fitted"]:
         est.feature_names_in_ = np.asarray(meta["fitted"]["feature_names_in_"], dtype=object)

@@ -2,9 +2,9 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from pipeline import MLPClassifier, MLPRegressor
+from pipeline import estimators
 
-ESTIMATORS = [MLPClassifier(), MLPRegressor()]
+ESTIMATORS = [getattr(estimators, name)() for name in estimators.__all__]
 
 
 @parametrize_with_checks(ESTIMATORS)

@@ -113,12 +113,21 @@ def model_shapes(factory, model_kwargs):
     return _shapes(factory, model_kwargs, jax.dtypes.canonicalize_dtype(float))
 
 
+# Initialisation runs once per fit: compile it for speed of compiling (random draws are
+# exact integer work either way; floats are the same from run to run with these options).
+_INIT_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
 @functools.lru_cache(maxsize=64)
-def _init_fn(factory, model_kwargs):
+def _init_fn(factory, model_kwargs, float_dtype):
     def init(key):
         return eqx.partition(factory(**dict(model_kwargs), key=key), eqx.is_array)[0]
 
-    return jax.jit(init)
+    key = jax.random.key(0)
+    return jax.jit(init).lower(key).compile(_INIT_COMPILER_OPTIONS)
 
 
 def build(factory, model_kwargs, key):
@@ -126,7 +135,8 @@ def build(factory, model_kwargs, key):
 
     The initialisation runs as one compiled call, cached per configuration.
     """
-    return _init_fn(factory, model_kwargs)(key), model_shapes(factory, model_kwargs)[1]
+    init = _init_fn(factory, model_kwargs, jax.dtypes.canonicalize_dtype(float))
+    return init(key), model_shapes(factory, model_kwargs)[1]
 
 
 def _skeleton(factory, model_kwargs):
