@@ -172,3 +172,100 @@ def test_dropout_is_training_only():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     assert optax  # optax is the optimizer library under all of this
+
+
+# ------------------------------------------------------------------ the other networks
+
+
+def _net(factory, **kwargs):
+    params, static = nn.build(factory, tuple(sorted(kwargs.items())), jax.random.key(1))
+    return eqx.combine(params, static)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_batched_recurrence_equals_equinox_cells_per_sample(cell):
+    rnn = _net(
+        nn.RNN,
+        n_features=3,
+        cell=cell,
+        hidden_size=5,
+        num_layers=1,
+        bidirectional=True,
+        dense_layers=(),
+        n_outputs=2,
+    )
+    x = jax.random.normal(jax.random.key(2), (4, 7, 3))
+    fwd, bwd = rnn.cells[0]
+
+    def last_state(c, seq):
+        h0 = jnp.zeros(5)
+        carry = (h0, h0) if cell == "lstm" else h0
+        for t in range(seq.shape[0]):
+            carry = c(seq[t], carry)
+        return carry[0] if cell == "lstm" else carry
+
+    ref = jnp.stack([jnp.concatenate([last_state(fwd, s), last_state(bwd, s[::-1])]) for s in x])
+    head = rnn.head.layers[0]
+    np.testing.assert_allclose(rnn(x, ())[0], ref @ head.weight.T + head.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_convolves_as_equinox_does_and_padding_never_reaches_batch_norm():
+    cnn = _net(
+        nn.CNN,
+        sample_shape=(6, 6, 2),
+        conv_layers=((4, 3),),
+        pool_size=1,
+        dense_layers=(),
+        n_outputs=3,
+        activation="identity",
+        batch_norm=True,
+    )
+    x = jax.random.normal(jax.random.key(3), (5, 6, 6, 2))
+    conv = cnn.convs[0]
+    same = eqx.nn.Conv2d(2, 4, 3, padding=1, key=jax.random.key(0))
+    same = eqx.tree_at(lambda c: (c.weight, c.bias), same, (conv.weight, conv.bias))
+    per_sample = jax.vmap(same)(jnp.moveaxis(x, -1, 1))  # equinox: channels first
+    np.testing.assert_allclose(
+        cnn._convolve(conv, x), jnp.moveaxis(per_sample, 1, -1), rtol=1e-5, atol=1e-5
+    )
+    state = nn.initial_state(cnn)
+    weight = jnp.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    padded = x.at[3:].set(1e6)  # garbage in the padding rows
+    _, a = cnn(x, state, train=True, weight=weight)
+    _, b = cnn(padded, state, train=True, weight=weight)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-6)
+
+
+def test_wide_part_gives_every_crossed_pair_its_own_weight():
+    def net(buckets):
+        return _net(
+            nn.WideDeep,
+            n_features=2,
+            categorical=(0, 1),
+            cardinalities=(3, 4),
+            crosses=((0, 1),),
+            hash_buckets=buckets,
+            embedding_dim=2,
+            hidden=(4,),
+            n_outputs=1,
+            activation="relu",
+        )
+
+    pairs = jnp.array([[a, b] for a in range(3) for b in range(4)], jnp.float32)
+    exact, hashed = net(1000), net(5)
+    assert exact.wide_tables[-1].shape == (12, 1) and hashed.wide_tables[-1].shape == (5, 1)
+    codes = exact._codes(pairs)
+    assert len(set(np.asarray(exact._cross(codes, (0, 1))).tolist())) == 12
+    assert set(np.asarray(hashed._cross(codes, (0, 1))).tolist()) == set(range(5))
+
+
+def test_wrapped_modules_switch_dropout_off_for_inference():
+    module = eqx.nn.Sequential([eqx.nn.Linear(4, 4, key=jax.random.key(0)), eqx.nn.Dropout(0.5)])
+    wrapped = nn.wrap_module(module, (4,), 4, key=jax.random.key(1))
+    x = jnp.ones((3, 4))
+    np.testing.assert_array_equal(wrapped(x, ())[0], wrapped(x, ())[0])
+    trained, _ = wrapped(x, (), key=jax.random.key(2), train=True)
+    assert (trained == 0).any()
+    with pytest.raises(ValueError, match="to 4 values .* need 2 outputs"):
+        nn.wrap_module(module, (4,), 2, key=jax.random.key(1))
