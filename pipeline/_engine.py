@@ -95,6 +95,7 @@ class NeuralNetBase(BaseEstimator):
     """
 
     _feature_ndim = (1,)  # the dimensions one sample may have: (1,) for flat vectors
+    _scan_batches = True  # False: one jitted call per mini-batch (see nn.compiled_step)
 
     def save(self, path, *, overwrite=False):
         """Write this estimator to a Zarr group (arrays + JSON); read it with
@@ -390,8 +391,10 @@ class NeuralNetBase(BaseEstimator):
         n_batches = max(1, math.ceil(CHUNK_ROWS / bs))
         if train.streamed:
             n_batches = max(n_batches, train.X.chunks[0][0] // bs)
+        if not self._scan_batches:
+            n_batches = 1
         spec = self._optimizer_spec(bs, math.ceil(train.n / bs))
-        step = nn.compiled_step(*self._config, self.out_activation_, *spec)
+        step = nn.compiled_step(*self._config, self.out_activation_, *spec, self._scan_batches)
         params = to_device(self._import_params())
         carry = [
             params,

@@ -94,6 +94,7 @@ class _CNN(Network):
         "input_shape": [None, "array-like"],
     }
     _feature_ndim = (1, 2, 3, 4)
+    _scan_batches = False  # XLA's CPU convolutions are slow inside loops
 
     def _conv_layers(self):
         layers = []

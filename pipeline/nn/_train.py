@@ -167,13 +167,20 @@ def _batch_loss(static, out_activation):
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_step(factory, model_kwargs, out_activation, optimizer_kwargs, schedule_kwargs):
+def compiled_step(
+    factory, model_kwargs, out_activation, optimizer_kwargs, schedule_kwargs, scan=True
+):
     """The jitted chunk step for one configuration (all arguments hashable).
 
     ``optimizer_kwargs`` and ``schedule_kwargs`` are sorted ``(name, value)``
     tuples for :func:`make_optimizer` and :func:`make_schedule`. A constant
     learning rate is read from the optimizer state, so it need not be part of
     the key: pass the state from ``make_optimizer(...).init(params)``.
+
+    ``scan=False`` compiles a step without control flow for chunks of one
+    mini-batch (``X`` of shape (1, batch_size, ...)): XLA's CPU convolutions run
+    3-12x slower inside a loop or a conditional, so convolutional networks take
+    one call per mini-batch instead.
     """
     loss_fn = _batch_loss(_skeleton(factory, model_kwargs), out_activation)
     optimizer = make_optimizer(
@@ -199,14 +206,25 @@ def compiled_step(factory, model_kwargs, out_activation, optimizer_kwargs, sched
                 jnp.zeros((), jax.tree_util.tree_leaves(params)[0].dtype),
             )
 
-        params, state, opt_state, loss = jax.lax.cond(mask.any(), update, skip, None)
+        if scan:
+            params, state, opt_state, loss = jax.lax.cond(mask.any(), update, skip, None)
+        else:  # the same choice as a select: no control flow around the network
+            chosen = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(mask.any(), a, b), update(None), skip(None)
+            )
+            params, state, opt_state, loss = chosen
         return (params, state, opt_state, key), (loss, mask.sum())
 
     def step(params, state, opt_state, key, X, Y, mask, hyper):
         X = X.astype(jax.tree_util.tree_leaves(params)[0].dtype)  # stores may hold uint8
-        carry, (losses, counts) = jax.lax.scan(
-            functools.partial(one, hyper), (params, state, opt_state, key), (X, Y, mask), unroll=2
-        )
+        carry = (params, state, opt_state, key)
+        if scan:
+            carry, (losses, counts) = jax.lax.scan(
+                functools.partial(one, hyper), carry, (X, Y, mask), unroll=2
+            )
+        else:
+            carry, (loss, count) = one(hyper, carry, (X[0], Y[0], mask[0]))
+            losses, counts = loss[None], count[None]
         metrics = {
             "loss_sum": (losses * counts).sum(),
             "count": counts.sum(),
