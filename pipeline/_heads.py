@@ -251,14 +251,12 @@ TRAINING_DEFAULTS = dict(
 )
 """The training parameters' defaults (scikit-learn's MLP defaults, and ours)."""
 
-TRAINING_DOC = """
-    Training parameters (as :class:`MLPClassifier`)
-    -----------------------------------------------
-    solver, alpha, batch_size, learning_rate, learning_rate_init, power_t, max_iter,
+TRAINING_DOC = """    solver, alpha, batch_size, learning_rate, learning_rate_init, power_t, max_iter,
     shuffle, random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
     early_stopping, validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change,
     max_fun, l1, clip_norm, lr_decay, lr_decay_epochs, warmup_epochs, prefetch
-        The optimizer (optax: 'adam', 'adamw', 'sgd', 'adagrad', 'adadelta',
+        Training, as :class:`MLPClassifier`'s (same names and defaults unless said
+        above): the optimizer (optax: 'adam', 'adamw', 'sgd', 'adagrad', 'adadelta',
         'rmsprop'; 'lbfgs' in memory), its schedule, L2 (``alpha``) and L1 penalties,
         gradient clipping, scikit-learn's stopping policy and the stream's read-ahead.
 """
