@@ -22,6 +22,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Appended to each notebook's cell tagged "parameters": small enough to run in seconds.
 SMALL = {
     "01_out_of_core_mlp.ipynb": "N_TRAIN = 3000\nMAX_ITER = 8\n",
+    "02_networks.ipynb": (
+        "N_TRAIN = 1000\nN_TEST = 1000\nMAX_ITER = 2\nCNN_LAYERS = ((8, 3),)\nRNN_HIDDEN = 16\n"
+        "SERIES_LENGTH = 600\nFORECAST_MAX_ITER = 3\nAE_MAX_ITER = 40\n"
+        "TABLE_ROWS = 2000\nTABLE_MAX_ITER = 3\n"
+    ),
 }
 
 
@@ -105,4 +110,30 @@ def test_out_of_core_mlp_notebook(tmp_path, monkeypatch):
     assert any(r.startswith("dask.array<") for r in results), "lazy X and predictions shown"
     pngs = [o for o in _outputs(nb, "display_data") if "image/png" in o.data]
     assert len(pngs) >= 2, "expected the loss curve and the confusion matrix as figures"
+    assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
+
+
+def test_networks_notebook(tmp_path, monkeypatch):
+    nb = _execute("02_networks.ipynb", tmp_path, monkeypatch)
+    out = _stdout(nb)
+
+    assert not _outputs(nb, "error")
+    dataset = re.search(r"dataset: (\w+)", out)
+    assert dataset and dataset.group(1) in {"mnist", "digits"}, out
+    scores = {
+        name: float(m.group(1))
+        for name in ("CNN test accuracy", "LSTM test accuracy", "autoencoder AUC")
+        if (m := re.search(rf"{name}: ([0-9.]+)", out))
+    }
+    assert len(scores) == 3, out
+    # Tiny runs: the CNN beats chance (0.1) and the autoencoder ranks its digit above the rest.
+    assert scores["CNN test accuracy"] > 0.25 and scores["autoencoder AUC"] > 0.6, scores
+    assert re.search(r"GRU one-step forecast R2: -?[0-9.]+", out), out
+    # input_shape reads flat rows as the same images; the reloaded module predicts the same.
+    assert out.count("same predictions = True") == 2, out
+    assert "module=<__main__.ResidualMLP>" in out, "loading without the module says what to pass"
+    results = [o.data.get("text/plain", "") for o in _outputs(nb, "execute_result")]
+    assert any(r.startswith("dask.array<") for r in results), "lazy sequences and predictions shown"
+    pngs = [o for o in _outputs(nb, "display_data") if "image/png" in o.data]
+    assert len(pngs) >= 5, "confusion matrix, misclassified digits, forecast, anomalies"
     assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
