@@ -347,7 +347,7 @@ def test_a_second_fit_reuses_the_compiled_step(digits):
 
     X, y = digits[0][:400], digits[1][:400]
     first = MLPClassifier(**FAST).fit(X, y)
-    step = nn.compiled_step(*first._config, first.out_activation_, *first._opt_spec)
+    step = nn.compiled_step(*first._config, first.out_activation_, *first._opt_spec, True)
     compiled = step._cache_size()
     MLPClassifier(**{**FAST, "random_state": 1}, alpha=0.1, l1=1e-3).fit(X, y)
     assert step._cache_size() == compiled >= 1

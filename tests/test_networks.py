@@ -27,6 +27,7 @@ SMALL_CNN = dict(
     conv_layers=((8, 3), (16, 3)),
     dense_layers=(32,),
     batch_size=50,
+    learning_rate="constant",
     learning_rate_init=3e-3,
     random_state=0,
 )
