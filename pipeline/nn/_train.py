@@ -113,21 +113,12 @@ def model_shapes(factory, model_kwargs):
     return _shapes(factory, model_kwargs, jax.dtypes.canonicalize_dtype(float))
 
 
-# Initialisation runs once per fit: compile it for speed of compiling (random draws are
-# exact integer work either way; floats are the same from run to run with these options).
-_INIT_COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
-
-
 @functools.lru_cache(maxsize=64)
 def _init_fn(factory, model_kwargs, float_dtype):
     def init(key):
         return eqx.partition(factory(**dict(model_kwargs), key=key), eqx.is_array)[0]
 
-    key = jax.random.key(0)
-    return jax.jit(init).lower(key).compile(_INIT_COMPILER_OPTIONS)
+    return jax.jit(init)
 
 
 def build(factory, model_kwargs, key):
