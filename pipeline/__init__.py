@@ -4,10 +4,11 @@ Chunked Zarr / memmap stores (:mod:`pipeline.store`), chunk streams for training
 (:mod:`pipeline.stream`), readers (:mod:`pipeline.sources`) and named datasets
 (:mod:`pipeline.datasets`), scikit-learn estimators on JAX networks
 (MLPs, CNNs, RNNs, autoencoders, wide & deep and your own equinox modules) saved
-and loaded as Zarr groups (:func:`load`).
+and loaded as Zarr groups (:func:`load`), and searches / nested cross-validation as
+one merged dask graph (:mod:`pipeline.model_selection`).
 """
 
-from pipeline import datasets, estimators, nn, sources, store, stream
+from pipeline import datasets, estimators, model_selection, nn, sources, store, stream
 from pipeline.checkpoint import load
 from pipeline.estimators import (
     AutoEncoder,
@@ -40,6 +41,7 @@ __all__ = [
     "datasets",
     "estimators",
     "load",
+    "model_selection",
     "nn",
     "sources",
     "store",

@@ -1,4 +1,4 @@
-"""The ``pipeline`` command: ingest data, train and evaluate models, run the demo.
+"""The ``pipeline`` command: ingest data, train, search and evaluate models, run the demo.
 
 Also ``python -m pipeline ...``.
 """
@@ -196,6 +196,120 @@ def evaluate(model, store):
     return text, {"accuracy": acc, "confusion_matrix": cm}
 
 
+def _grid(specs):
+    """``["alpha=1e-4;1e-3", "hidden_layer_sizes=(64,);(128,64)"]`` -> a parameter grid."""
+    import ast
+
+    def value(text):
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    grid = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name or not values:
+            raise ValueError(f"--param must look like NAME=VALUE;VALUE..., got {spec!r}")
+        grid[name.strip()] = [value(v.strip()) for v in values.split(";")]
+    return grid
+
+
+def search(
+    store,
+    grid,
+    *,
+    model="mlp",
+    hidden="256,128",
+    epochs=10,
+    cv=3,
+    nested=None,
+    scoring=None,
+    scheduler=None,
+    out=None,
+    overwrite=False,
+    **params,
+):
+    """Grid search (or nested CV) of a model over the store at ``store``, one dask graph.
+
+    ``scheduler`` is None (threads), a scheduler name, or a distributed scheduler's
+    address (then the search runs there as a cluster job).
+    """
+    from pipeline._store import open as open_store
+    from pipeline.model_selection import GridSearchCV, nested_cross_validate
+
+    ds = open_store(store)
+    if ds.y is None:
+        raise ValueError(f"{store} holds no target y; search needs labels or targets")
+    est = _estimator(model, ds, hidden_layer_sizes=_hidden(hidden), max_iter=epochs, **params)
+    unknown = set(grid) - set(est.get_params())
+    if unknown:
+        raise ValueError(f"--param names no parameter of {type(est).__name__}: {sorted(unknown)}")
+    client = None
+    if scheduler is not None and "://" in scheduler:
+        from distributed import Client
+
+        client = scheduler = Client(scheduler)
+    try:
+        if nested:
+            result = nested_cross_validate(
+                est,
+                grid,
+                ds.X,
+                ds.y,
+                outer_cv=nested,
+                inner_cv=cv,
+                scoring=scoring,
+                scheduler=scheduler,
+            )
+            return result, result.report()
+        found = GridSearchCV(est, grid, cv=cv, scoring=scoring, scheduler=scheduler)
+        found.fit(ds.X, ds.y)
+        if out is not None:
+            found.best_estimator_.save(out, overwrite=overwrite)
+        return found, found.report()
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _cmd_search(args):
+    import pandas as pd
+
+    grid = _grid(args.param)
+    with warnings.catch_warnings():  # a fixed epoch budget per candidate is the point
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t0 = time.perf_counter()
+        found, table = search(
+            args.store,
+            grid,
+            model=args.model,
+            hidden=args.hidden,
+            epochs=args.epochs,
+            cv=args.cv,
+            nested=args.nested,
+            scoring=args.scoring,
+            scheduler=args.scheduler,
+            out=args.out,
+            overwrite=args.overwrite,
+            random_state=args.random_state,
+        )
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(table.to_string())
+    n = len(found["params"]) if args.nested else len(table)
+    kind = "outer folds of a nested CV" if args.nested else "candidates of a grid search"
+    print(f"{n} {kind} in {time.perf_counter() - t0:.1f} s")
+    if args.nested:
+        print(
+            f"outer test score {np.mean(found['test_score']):.4f} "
+            f"± {np.std(found['test_score']):.4f}"
+        )
+    else:
+        print(f"best {found.best_params_}: {found.best_score_:.4f}")
+        if args.out:
+            print(f"best model saved to {args.out}")
+
+
 def _cmd_evaluate(args):
     print(evaluate(args.model, args.store)[0])
 
@@ -284,6 +398,29 @@ def _parser():
     tr.add_argument("--overwrite", action="store_true", help="replace an existing model")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
+    se = sub.add_parser("search", help="grid search or nested CV of a model over a store")
+    se.add_argument("store", help="the training store (a directory or an fsspec URL)")
+    se.add_argument(
+        "--param",
+        action="append",
+        required=True,
+        help="NAME=VALUE;VALUE... (repeat for a grid), e.g. alpha=1e-4;1e-3",
+    )
+    se.add_argument("--model", choices=MODELS, default="mlp")
+    se.add_argument("--hidden", default="256,128", help="hidden layer sizes (default 256,128)")
+    se.add_argument("--epochs", type=int, default=10, help="max_iter (default 10)")
+    se.add_argument("--cv", type=int, default=3, help="(inner) folds (default 3)")
+    se.add_argument("--nested", type=int, default=None, help="outer folds: nested CV")
+    se.add_argument("--scoring", default=None, help="a scikit-learn scorer name")
+    se.add_argument(
+        "--scheduler",
+        default=None,
+        help="threads (default), processes, synchronous, or tcp://HOST:PORT",
+    )
+    se.add_argument("--random-state", type=int, default=0)
+    se.add_argument("--out", default=None, help="save the best model there (a Zarr group)")
+    se.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    se.set_defaults(func=_cmd_search)
     ev = sub.add_parser("evaluate", help="report a saved model's metrics on a store")
     ev.add_argument("model", help="a model saved by pipeline train or est.save")
     ev.add_argument("store", help="a store with targets")

@@ -151,3 +151,20 @@ def test_train_and_evaluate_errors(digit_stores, capsys):
     assert "no model at" in capsys.readouterr().err
     assert main(["evaluate", str(tmp / "train.zarr"), str(tmp / "test.zarr")]) == 2
     assert "is not a pipeline model" in capsys.readouterr().err
+
+
+def test_search_and_nested_cv_over_a_store(digit_stores, capsys):
+    tmp = digit_stores
+    args = ["search", str(tmp / "train.zarr"), "--hidden", "16", "--epochs", "3", "--cv", "2"]
+    grid = ["--param", "alpha=1e-4;1.0", "--param", "learning_rate_init=0.01"]
+    assert main([*args, *grid, "--out", str(tmp / "best.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "test score" in out and "best {" in out and "best model saved to" in out
+    assert pipeline.load(tmp / "best.zarr").learning_rate_init == 0.01
+    assert main([*args, *grid, "--nested", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "outer fold" in out and "outer test score" in out
+    assert main([*args, "--param", "nonsense=1"]) == 2
+    assert "names no parameter of MLPClassifier" in capsys.readouterr().err
+    assert main([*args, "--param", "alpha"]) == 2
+    assert "--param must look like NAME=VALUE" in capsys.readouterr().err
