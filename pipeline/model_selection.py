@@ -7,14 +7,13 @@ scheduler (threads, processes, synchronous or a ``distributed.Client``).
 """
 
 from pipeline._adaptive import HyperbandSearchCV, SuccessiveHalvingSearchCV
-from pipeline._search import (
-    GridSearchCV,
+from pipeline._crossval import (
     NestedCVResults,
-    RandomizedSearchCV,
     cross_val_score,
     cross_validate,
     nested_cross_validate,
 )
+from pipeline._search import GridSearchCV, RandomizedSearchCV
 
 __all__ = [
     "GridSearchCV",
