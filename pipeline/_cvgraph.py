@@ -28,6 +28,7 @@ from sklearn.utils import _safe_indexing
 
 from pipeline._engine import NeuralNetBase
 from pipeline._inputs import default_chunk_rows, lazy_view
+from pipeline._netio import select_rows
 
 __all__ = ["Lazy", "Failure", "Plan", "fit_pipeline"]
 
@@ -207,9 +208,12 @@ class Spec:
 
 
 def select(data, rows):
-    """Rows of a fold: a copy of in-memory data, a lazy view of dask data."""
+    """Rows of a fold (indices, or a boolean mask for lazy plans): a copy of in-memory
+    data, a lazy view of dask data whose every block reads one block of the store."""
     if isinstance(data, Lazy):
-        return Lazy(data.array[rows])
+        picked = select_rows(data.array, rows)
+        nonempty = [i for i, size in enumerate(picked.chunks[0]) if size]
+        return Lazy(picked.blocks[nonempty])  # store chunks outside the fold: never read
     return _safe_indexing(data, rows)
 
 
@@ -360,18 +364,25 @@ class Plan:
             self.dsk[key] = (fn, Spec(self.raise_errors, key, **spec_fields), *inputs)
         return key
 
-    def select(self, name, rows):
-        """The key of ``name``'s rows (sorted for lazy data: chunk order is kept)."""
+    def select(self, name, rows, token):
+        """The key of ``name``'s ``rows`` (a boolean mask for lazy plans)."""
         if self.keys.get(name) is None:
             return None
-        key = f"select-{name}-" + tokenize(self.keys[name], rows)
+        key = f"select-{name}-" + tokenize(self.keys[name], token)
         if key not in self.dsk:
-            self.dsk[key] = (select, self.keys[name], np.sort(rows) if self.lazy else rows)
+            self.dsk[key] = (select, self.keys[name], rows)
         return key
 
     def fold(self, rows):
-        """Keys of a fold's X, y and array fit parameters."""
-        return {name: self.select(name, rows) for name in self.keys}
+        """Keys of a fold's X, y and array fit parameters. Lazy plans select with a
+        boolean mask (a byte per sample, store order kept), in-memory ones by index
+        (scikit-learn's order, so results equal its own)."""
+        token = tokenize(rows)
+        if self.lazy:
+            keep = np.zeros(self.n_samples, dtype=bool)
+            keep[rows] = True
+            rows = keep
+        return {name: self.select(name, rows, token) for name in self.keys}
 
     def fit_params(self, fold, prefix=""):
         """Fit parameters named ``prefix`` + name: ``(names, keys of their folds, static)``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import dask
 import numpy as np
@@ -100,5 +101,17 @@ def run(dsk, keys, *, scheduler=None, n_jobs=None, progress=False, desc="search"
     ):
         kwargs["num_workers"] = int(n_jobs)
     bar = _Bar(desc) if progress else contextlib.nullcontext()
-    with bar:
+    with bar, _blas_share(name, kwargs.get("num_workers")):
         return get(dsk, keys, **kwargs)
+
+
+def _blas_share(name, num_workers):
+    """Threads that each call a multi-threaded BLAS oversubscribe the cores (an SVD
+    per thread, each spinning as many BLAS threads as cores): give each task its
+    share, as joblib does for its workers. Process-wide, for the run only."""
+    if name not in ("threads", "threading"):
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    cores = os.cpu_count() or 1
+    return threadpool_limits(limits=max(1, cores // (num_workers or cores)), user_api="blas")
