@@ -28,8 +28,13 @@ class NestedCVResults(dict):
     """``cross_validate``'s dict for a nested CV, with ``params`` (chosen per outer
     fold) and :meth:`report` (outer scores beside the chosen parameters)."""
 
-    def report(self):
+    def report(self, digits=3):
         """A table: one row per outer fold, its test score(s) and the chosen parameters.
+
+        Parameters
+        ----------
+        digits : int, default=3
+            Decimals of the scores.
 
         Returns
         -------
@@ -37,7 +42,9 @@ class NestedCVResults(dict):
         """
         import pandas as pd
 
-        scores = {k: v for k, v in self.items() if k.startswith(("test_", "train_"))}
+        scores = {
+            k: np.round(v, digits) for k, v in self.items() if k.startswith(("test_", "train_"))
+        }
         table = pd.DataFrame(scores)
         params = pd.DataFrame(list(self["params"]))
         table = pd.concat([table, params], axis=1)

@@ -120,9 +120,11 @@ def fit_on(est, X, y, params):
     ``partial_fit`` for unsupervised transformers that have it (scalers,
     IncrementalPCA), read into memory otherwise."""
     if isinstance(X, Lazy) and not streams(est):
-        if y is None and hasattr(est, "partial_fit") and hasattr(est, "transform") and not params:
-            for block in X.array.blocks:
-                est.partial_fit(block.compute())
+        if hasattr(est, "partial_fit") and hasattr(est, "transform") and not params:
+            for i in range(X.array.numblocks[0]):
+                xb = X.array.blocks[i].compute()
+                yb = None if y is None else _value(y).blocks[i].compute()
+                est.partial_fit(xb) if yb is None else est.partial_fit(xb, yb)
             return est
         X, y = _materialize(X), _materialize(y)
     args = (_value(X),) if y is None else (_value(X), _value(y))
@@ -241,6 +243,16 @@ def transform_step(spec, fitted, X):
 
 
 def _scores(scorer, est, X, y):
+    """``scorer`` on a fold. On lazy folds a fitted Pipeline is walked step by step
+    (transforms stay lazy) and its last step scores streaming (our networks) or
+    on the transformed fold in memory (it is the scorer's input anyway)."""
+    if isinstance(X, Lazy):
+        if isinstance(est, Pipeline):
+            for _, step in est.steps[:-1]:
+                X = X if step is None or step == "passthrough" else transform_on(step, X)
+            est = est.steps[-1][1]
+        if not streams(est):
+            X, y = _materialize(X), _materialize(y)
     X, y = _value(X), _value(y)
     return scorer(est, X) if y is None else scorer(est, X, y)
 

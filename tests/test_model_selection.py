@@ -185,6 +185,26 @@ def test_lazy_folds_stream_into_our_networks(lazy_data):
     _same_results(again.fit(X, y).cv_results_, search.cv_results_)
 
 
+def test_lazy_folds_give_sklearns_results_with_sklearn_steps(lazy_data):
+    """Unshuffled folds skip whole store chunks; the scaler learns chunk by chunk
+    (partial_fit), the final step sees the transformed fold: scikit-learn's numbers."""
+    X, y = lazy_data
+    pipe = Pipeline([("sc", StandardScaler()), ("clf", LogisticRegression())])
+    grid = {"clf__C": [0.1, 1.0]}
+    ours = ms.GridSearchCV(pipe, grid, cv=3).fit(X, y)
+    theirs = skms.GridSearchCV(pipe, grid, cv=3).fit(X.compute(), y.compute())
+    np.testing.assert_allclose(
+        ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fold read whole into a scikit-learn check
+        nested = ms.nested_cross_validate(pipe, grid, X, y, outer_cv=3, inner_cv=2)
+    expected = skms.cross_val_score(
+        skms.GridSearchCV(pipe, grid, cv=2), X.compute(), y.compute(), cv=3
+    )
+    np.testing.assert_allclose(nested["test_score"], expected)
+
+
 def test_same_results_on_a_local_cluster(lazy_data):
     distributed = pytest.importorskip("distributed")
     X, y = lazy_data
