@@ -27,6 +27,10 @@ SMALL = {
         "SERIES_LENGTH = 600\nFORECAST_MAX_ITER = 3\nAE_MAX_ITER = 40\n"
         "TABLE_ROWS = 2000\nTABLE_MAX_ITER = 3\n"
     ),
+    "03_search_and_nested_cv.ipynb": (
+        "N_SAMPLES = 1500\nCHUNK_ROWS = 500\nCV = 2\nOUTER_CV = 2\nN_COMPONENTS = (16, 32)\n"
+        "MAX_ITER = 3\nHYPERBAND_MAX_ITER = 3\n"
+    ),
 }
 
 
@@ -136,4 +140,35 @@ def test_networks_notebook(tmp_path, monkeypatch):
     assert any(r.startswith("dask.array<") for r in results), "lazy sequences and predictions shown"
     pngs = [o for o in _outputs(nb, "display_data") if "image/png" in o.data]
     assert len(pngs) >= 5, "confusion matrix, misclassified digits, forecast, anomalies"
+    assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
+
+
+def test_search_and_nested_cv_notebook(tmp_path, monkeypatch):
+    nb = _execute("03_search_and_nested_cv.ipynb", tmp_path, monkeypatch)
+    out = _stdout(nb)
+
+    assert not _outputs(nb, "error")
+    dataset = re.search(r"dataset: (\w+)", out)
+    assert dataset and dataset.group(1) in {"mnist", "digits"}, out
+    # Merged graph: the Pipeline's first step is fitted once per fold (k = 2) and once to
+    # refit, where scikit-learn fits it K*k + 1 = 9 times; the same on the cluster.
+    assert "FitLog fitted: 3 times here, 9 times by scikit-learn" in out
+    assert "fit tasks: 14 here, 24 in scikit-learn" in out
+    assert "same cv_results_ as scikit-learn: True" in out
+    assert "same cv_results_ on the cluster: True" in out
+    assert "FitLog fitted 3 times by the workers" in out
+    assert re.search(r"dashboard: https?://", out), out
+    scores = {
+        name: float(m.group(1))
+        for name in ("nested CV estimate", "plain search best_score_")
+        if (m := re.search(rf"{name}: ([0-9.]+)", out))
+    }
+    assert len(scores) == 2, out
+    # Ten classes: chance is 0.1; these parameters reach ~0.85 (digits) and ~0.93 (MNIST).
+    assert min(scores.values()) > 0.5, scores
+    assert "budget as planned: True" in out
+    tables = [o for o in _outputs(nb, "execute_result") if "text/html" in o.data]
+    assert len(tables) >= 5, "search report, graph's tasks, nested CV, Hyperband budget and report"
+    pngs = [o for o in _outputs(nb, "display_data") if "image/png" in o.data]
+    assert len(pngs) >= 3, "expected the boxplots, the merged graph and Hyperband's curves"
     assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
