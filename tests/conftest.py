@@ -1,9 +1,27 @@
 """Shared fixtures: small arrays and stores, made once per session where possible."""
 
-import numpy as np
-import pytest
+import os
+import shutil
+import tempfile
 
-import pipeline.store as store
+# One JAX compilation cache for the whole run, set before JAX is imported: the xdist
+# workers, notebook kernels, CLI subprocesses and cluster workers inherit it, so a
+# network configuration compiles once per run instead of once per process.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+else:
+    _JAX_CACHE = None
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import pipeline.store as store  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    if _JAX_CACHE is not None:
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
