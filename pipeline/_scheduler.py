@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import dask
@@ -91,7 +92,7 @@ def run(dsk, keys, *, scheduler=None, n_jobs=None, progress=False, desc="search"
             from distributed import progress as cluster_progress
 
             cluster_progress(futures, notebook=False)
-        return client.gather(futures)
+        return list(client.gather(futures))
     name = scheduler or dask.config.get("scheduler", None) or "threads"
     get = get_scheduler(scheduler=name)
     kwargs = {}
@@ -100,9 +101,19 @@ def run(dsk, keys, *, scheduler=None, n_jobs=None, progress=False, desc="search"
         -1,
     ):
         kwargs["num_workers"] = int(n_jobs)
+    if name in ("processes", "multiprocessing"):
+        share = max(1, (os.cpu_count() or 1) // kwargs.get("num_workers", os.cpu_count() or 1))
+        kwargs["initializer"] = functools.partial(_limit_blas, share)
     bar = _Bar(desc) if progress else contextlib.nullcontext()
     with bar, _blas_share(name, kwargs.get("num_workers")):
-        return get(dsk, keys, **kwargs)
+        return list(get(dsk, keys, **kwargs))
+
+
+def _limit_blas(threads):
+    """A worker process's BLAS threads, for its life (the pool is the run's own)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def _blas_share(name, num_workers):

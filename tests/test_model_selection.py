@@ -151,6 +151,20 @@ def test_failing_candidates_follow_error_score(data, tmp_path):
         ms.GridSearchCV(est, {"rec__fail": [True]}, cv=3).fit(X, y)
 
 
+def _blas_threads(spec):
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+
+
+def test_tasks_get_their_share_of_blas_threads():
+    from pipeline._scheduler import run
+
+    dsk = {"a": (_blas_threads, None)}
+    assert run(dsk, ["a"], scheduler="processes", n_jobs=os.cpu_count()) == [1]
+    assert run(dsk, ["a"], scheduler="threads", n_jobs=os.cpu_count()) == [1]
+
+
 def test_processes_scheduler_gives_same_results_and_counts(data, tmp_path):
     X, y = data
     grid = {"clf__C": [0.1, 1.0], "clf__fit_intercept": [True, False]}
