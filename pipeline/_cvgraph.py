@@ -355,6 +355,11 @@ class Plan:
         self.raise_errors = raise_errors
         self.lazy = as_lazy(X) is not None
         self.n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
+        n_y = None if y is None else (y.shape[0] if hasattr(y, "shape") else len(y))
+        if n_y is not None and n_y != self.n_samples:
+            raise ValueError(
+                f"X and y have different numbers of samples: {self.n_samples} and {n_y}"
+            )
         self.keys = {"X": self._put("X", X), "y": None if y is None else self._put("y", y)}
         self.static = {}
         for name, value in fit_params.items():

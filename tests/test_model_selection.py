@@ -307,3 +307,7 @@ def test_reports_plots_and_graph(data, capsys):
     assert len(fitted) == 3 + 6 * 3
     with pytest.raises(ValueError, match="scheduler"):
         ms.GridSearchCV(est, GRID, scheduler="nonsense").fit(X, y)
+    with pytest.raises(ValueError, match="different numbers of samples: 300 and 200"):
+        ms.GridSearchCV(est, GRID).fit(X, y[:200])
+    with pytest.raises(ValueError, match="Invalid parameter 'nope'"):
+        ms.nested_cross_validate(est, {"clf__nope": [1]}, X, y)
