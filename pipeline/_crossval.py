@@ -143,7 +143,7 @@ def cross_validate(
     splits = _splits(cv, estimator, rows, y_mem, groups)
     scorer = _outer_scorer(estimator, scoring, error_score)
     nested = isinstance(estimator, _MergedSearch)
-    keys, searches = [], []
+    keys = []
     for train, test in splits:
         spec = {
             "scorer": scorer,
@@ -152,17 +152,7 @@ def cross_validate(
             "n_test": len(test),
         }
         if nested:
-            work = _Candidates(estimator, plan, train, y_mem, None if groups is None else groups)
-            if work.refit is None:
-                raise ValueError("nested cross-validation needs the inner search to refit")
-            searches.append(work)
-            tr, te = plan.fold(train), plan.fold(test)
-            keys.append(
-                plan.task(
-                    "outer", cg.score_refit, spec, work.refit, te["X"], te["y"], tr["X"], tr["y"]
-                )
-            )
-            keys.append(work.choice)
+            keys += _nested_fold(plan, estimator, train, test, spec, y_mem, groups)
         else:
             keys.append(plan.candidate(estimator, {}, plan.fold(train), plan.fold(test), spec))
             if return_estimator:
@@ -182,24 +172,37 @@ def cross_validate(
     ]
     result = _records(outs, error_score)
     if nested:
-        result = NestedCVResults(result)
-        choices = got[1::2]
-        result["params"] = [
-            c["results"]["params"][c["best_index"]] if isinstance(c, dict) else None
-            for c in choices
-        ]
-        result["inner_best_score"] = np.array(
-            [
-                c["results"][f"mean_test_{c['refit_metric']}"][c["best_index"]]
-                if isinstance(c, dict) and not callable(estimator.refit)
-                else np.nan
-                for c in choices
-            ]
-        )
+        result = _with_choices(result, got[1::2], estimator)
     if return_estimator:
         result["estimator"] = [o.get("estimator") for o in outs] if nested else list(got[1::2])
     if return_indices:
         result["indices"] = {"train": [tr for tr, _ in splits], "test": [te for _, te in splits]}
+    return result
+
+
+def _nested_fold(plan, search, train, test, spec, y, groups):
+    """Keys of one outer fold: its outer score record and its inner search's choice."""
+    work = _Candidates(search, plan, train, y, groups)
+    if work.refit is None:
+        raise ValueError("nested cross-validation needs the inner search to refit")
+    tr, te = plan.fold(train), plan.fold(test)
+    score = plan.task("outer", cg.score_refit, spec, work.refit, te["X"], te["y"], tr["X"], tr["y"])
+    return [score, work.choice]
+
+
+def _with_choices(result, choices, search):
+    """Nested CV's result: the parameters chosen per outer fold and their inner scores."""
+    result = NestedCVResults(result)
+    chosen = [c if isinstance(c, dict) else None for c in choices]
+    result["params"] = [c and c["results"]["params"][c["best_index"]] for c in chosen]
+    result["inner_best_score"] = np.array(
+        [
+            c["results"][f"mean_test_{c['refit_metric']}"][c["best_index"]]
+            if c is not None and not callable(search.refit)
+            else np.nan
+            for c in chosen
+        ]
+    )
     return result
 
 
