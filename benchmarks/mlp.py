@@ -47,10 +47,10 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import child_main, markdown_table, print_totals, run_sections
 from _common import drop_page_cache as _drop_page_cache
 
 HERE = Path(__file__).resolve().parent
@@ -640,12 +640,14 @@ def report(result):
             f"<= {T['peak_rss_mb']:,.0f} MB",
             m["peak_rss_mb"] <= T["peak_rss_mb"],
         )
-    lines = [
-        "| section | measure | pipeline | scikit-learn | ratio | target | result |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    columns = ["section", "measure", "pipeline", "scikit-learn", "ratio", "target", "result"]
+    return markdown_table(columns, rows)
+
+
+def _remove_mnist_store():
+    store = _MNIST_STORE.get("path")
+    if store is not None and Path(store).exists():
+        shutil.rmtree(store)
 
 
 def main():
@@ -662,45 +664,20 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        warnings.simplefilter("ignore")
-        spec = json.loads(args.child)
-        print(json.dumps(CHILDREN[spec["kind"]](spec)))
-        return
+        return child_main(args.child, CHILDREN)
     cfg = Config(args)
     cfg.dir.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "quick": cfg.quick, "targets": TARGETS}
     print(json.dumps(result["machine"]), flush=True)
     sys.stdout.flush()
-    t_start = time.perf_counter()
-    try:
-        for name in args.only or SECTIONS:
-            t0 = time.perf_counter()
-            print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
-            result[name] = RUN[name](cfg)
-            result[name]["section_s"] = time.perf_counter() - t0
-            print(
-                f"[{time.strftime('%H:%M:%S')}] {name} done in {result[name]['section_s']:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-    finally:
-        store = _MNIST_STORE.get("path")
-        if store is not None and Path(store).exists():
-            shutil.rmtree(store)
-        result["total_s"] = time.perf_counter() - t_start
-        result["load_avg_at_end"] = os.getloadavg()
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    run_sections(args.only or SECTIONS, RUN, cfg, result, args.json, cleanup=_remove_mnist_store)
     if cfg.quick:
         print(
             "QUICK RUN (10k MNIST samples, 2 epochs, 0.25 GB store): the targets are for "
             "the full run"
         )
     print(report(result))
-    print(
-        f"total {result['total_s']:.0f} s; load average at start / end: "
-        f"{result['machine']['load_avg_at_start'][0]:.2f} / {result['load_avg_at_end'][0]:.2f}"
-    )
+    print_totals(result)
 
 
 if __name__ == "__main__":
