@@ -8,7 +8,7 @@ and loaded as Zarr groups (:func:`load`), and searches / nested cross-validation
 one merged dask graph (:mod:`pipeline.model_selection`).
 """
 
-from pipeline import datasets, estimators, model_selection, nn, sources, store, stream
+from pipeline import datasets, estimators, model_selection, nn, parallel, sources, store, stream
 from pipeline.checkpoint import load
 from pipeline.estimators import (
     AutoEncoder,
@@ -42,6 +42,7 @@ __all__ = [
     "estimators",
     "load",
     "model_selection",
+    "parallel",
     "nn",
     "sources",
     "store",

@@ -240,14 +240,20 @@ def _read_windows(reader, sizes, has_y, plan, config, transform, skip):
         if skip >= n:
             skip -= n
             continue
-        parts = reader.read(blocks)
-        perm = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)[skip:]
+        Xw, yw = read_window(reader, blocks, n, has_y, config, w, skip)
         skip = 0
-        Xw = _gather(parts[0], perm)
-        yw = _gather(parts[1], perm) if has_y else None
         if transform is not None:
             Xw, yw = transform(Xw, yw)
         yield Xw, yw
+
+
+def read_window(reader, blocks, n, has_y, config, w, skip=0):
+    """Window ``w`` of the epoch (its ``blocks``, ``n`` samples) in epoch order,
+    from its ``skip``-th sample on: ``(X, y)`` numpy arrays (``y`` None without)."""
+    parts = reader.read(blocks)
+    perm = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)[skip:]
+    Xw = _gather(parts[0], perm)
+    return Xw, _gather(parts[1], perm) if has_y else None
 
 
 def _gather(parts, perm):

@@ -1,0 +1,268 @@
+"""pipeline.parallel: exactness against single-process training (DL4J's tests), the
+weighted average, a worker killed mid-fit, a resume after the client dies, bad input.
+
+One LocalCluster of 2 spawned worker processes serves the module."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import parallel
+from pipeline._parallel import CHECKPOINT
+from pipeline._replica import Round, average
+from pipeline.estimators import MLPClassifier, MLPRegressor
+
+SMALL = dict(hidden_layer_sizes=(16,), max_iter=3, random_state=0)
+LONG = dict(hidden_layer_sizes=(32,), batch_size=20, max_iter=4, random_state=0, tol=0.0)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+def _weights(est):
+    return est.coefs_ + est.intercepts_
+
+
+def _assert_same_model(a, b):
+    for p, q in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(a._key, b._key)
+    assert a.n_iter_ == b.n_iter_ and a.t_ == b.t_
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "store"])
+def test_one_worker_is_single_process_training_bit_for_bit(client, digits, digits_store, lazy):
+    X, y = (digits_store.X, digits_store.y) if lazy else digits[:2]
+    kw = dict(SMALL, batch_size=50, dropout=0.2)  # dropout: the RNG key must follow too
+    single = MLPClassifier(**kw).fit(X, y)
+    for af in (1, 7):
+        one = parallel.fit(MLPClassifier(**kw), X, y, n_workers=1, averaging_frequency=af)
+        _assert_same_model(one, single)
+
+
+def test_batch_norm_state_and_regression(client, digits):
+    X, y = digits[0], digits[1].astype("float32")
+    kw = dict(SMALL, batch_size=64, batch_norm=True)
+    single = MLPRegressor(**kw).fit(X, y)
+    one = parallel.fit(MLPRegressor(**kw), X, y, n_workers=1, averaging_frequency=4)
+    _assert_same_model(one, single)
+    for p, q in zip(one._norm_params, single._norm_params, strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "store"])
+def test_two_workers_averaging_every_sgd_step_is_one_double_batch(
+    client, digits, digits_store, lazy
+):
+    X, y = (digits_store.X, digits_store.y) if lazy else digits[:2]
+    kw = dict(SMALL, solver="sgd", momentum=0.0, alpha=0.0, shuffle=False, learning_rate_init=0.1)
+    double = MLPClassifier(batch_size=64, **kw).fit(X, y)
+    two = parallel.fit(MLPClassifier(batch_size=32, **kw), X, y, n_workers=2, averaging_frequency=1)
+    for p, q in zip(_weights(two), _weights(double), strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two.loss_curve_, double.loss_curve_, rtol=1e-5)
+    assert two.n_iter_ == double.n_iter_ == 3
+
+
+def test_two_workers_learn_as_well_as_one_process(client, digits):
+    X, y, Xt, yt = digits
+    single = MLPClassifier(**LONG).fit(X, y)
+    for opt in (True, False):  # 2 replicas take half the steps: the rate doubles (Goyal)
+        two = parallel.fit(
+            MLPClassifier(**LONG),
+            X,
+            y,
+            averaging_frequency=5,
+            average_optimizer_state=opt,
+            scale_learning_rate=True,
+        )
+        assert two.score(Xt, yt) > single.score(Xt, yt) - 0.03
+        assert two.loss_curve_[-1] < two.loss_curve_[0] / 2
+
+
+def test_average_is_weighted_by_samples():
+    def share(value, count, step):
+        tree = {"w": np.full(3, value, np.float32)}
+        return Round(
+            tree, {}, ({"m": np.float32(value), "n": np.int32(step)},), np.ones(2), 1.0, count
+        )
+
+    job = type("J", (), {"average_optimizer_state": True})()
+    out = average(job, share(1.0, 30, 7), share(5.0, 10, 6), share(99.0, 0, 6))
+    np.testing.assert_allclose(out.params["w"], 2.0)  # (30 * 1 + 10 * 5) / 40; 0 samples: no weight
+    assert out.opt_states[0]["m"] == np.float32(2.0) and out.opt_states[0]["n"] == 7
+    assert out.count == 40 and out.loss_sum == 3.0
+    job.average_optimizer_state = False
+    own = average(job, share(1.0, 30, 7), share(5.0, 10, 6))
+    assert [o["m"] for o in own.opt_states] == [1.0, 5.0]
+
+
+def test_learning_rate_scaling(client, digits):
+    est = parallel.fit(
+        MLPClassifier(**dict(SMALL, max_iter=1, learning_rate_init=0.002)),
+        *digits[:2],
+        scale_learning_rate=True,
+    )
+    assert est.n_iter_ == 1
+    from pipeline import nn
+
+    assert nn.current_learning_rate(est._opt_state) == pytest.approx(0.004)
+
+
+@pytest.fixture(scope="module")
+def reference(client, digits_store):
+    """The long fit without faults: what every interrupted fit must end at."""
+    return parallel.fit(
+        MLPClassifier(**LONG), digits_store.X, digits_store.y, averaging_frequency=2
+    )
+
+
+def _rounds_done(path):
+    try:
+        return zarr.open_group(str(path), mode="r").attrs[CHECKPOINT]["progress"][3]
+    except Exception:  # not written yet, or being renamed into place
+        return 0
+
+
+def _wait_for(path, rounds, alive=lambda: True, timeout=120):
+    deadline = time.monotonic() + timeout
+    while _rounds_done(path) < rounds:
+        assert alive() and time.monotonic() < deadline, "the fit did not get far enough"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_fit_changes_nothing(client, digits_store, reference, tmp_path):
+    path, result = tmp_path / "ck", {}
+
+    def run():
+        est = MLPClassifier(**LONG)
+        result["est"] = parallel.fit(
+            est,
+            digits_store.X,
+            digits_store.y,
+            averaging_frequency=2,
+            checkpoint=path,
+            checkpoint_every=1,
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for(path, 10, thread.is_alive)
+    pids = client.run(os.getpid)
+    os.kill(next(iter(pids.values())), signal.SIGKILL)  # its Nanny starts a new one
+    thread.join(180)
+    assert _rounds_done(path) > 10 and "est" in result
+    _assert_same_model(result["est"], reference)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_resume_after_the_client_dies(client, digits_store, reference, tmp_path):
+    path = tmp_path / "ck"
+    script = textwrap.dedent(
+        f"""
+        import distributed, pipeline
+        from pipeline import parallel
+        from pipeline.estimators import MLPClassifier
+        data = pipeline.store.open({str(digits_store.path)!r})
+        with distributed.Client({client.scheduler.address!r}) as c:
+            parallel.fit(MLPClassifier(**{LONG!r}), data.X, data.y, averaging_frequency=2,
+                         checkpoint={str(path)!r}, checkpoint_every=1)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        _wait_for(path, 12, lambda: proc.poll() is None)
+    finally:
+        proc.kill()
+        proc.wait()
+    done = _rounds_done(path)
+    assert 12 <= done < 72  # it died mid-fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = parallel.fit(
+            MLPClassifier(**LONG),
+            digits_store.X,
+            digits_store.y,
+            averaging_frequency=2,
+            checkpoint=path,
+            checkpoint_every=1,
+        )
+    _assert_same_model(resumed, reference)
+    again = parallel.fit(  # a finished checkpoint gives its model back
+        MLPClassifier(**LONG),
+        digits_store.X,
+        digits_store.y,
+        averaging_frequency=2,
+        checkpoint=path,
+    )
+    _assert_same_model(again, reference)
+    with pytest.raises(ValueError, match="other parameters"):
+        parallel.fit(
+            MLPClassifier(**dict(LONG, alpha=1.0)),
+            digits_store.X,
+            digits_store.y,
+            averaging_frequency=2,
+            checkpoint=path,
+        )
+    with pytest.raises(ValueError, match="different fit"):
+        parallel.fit(
+            MLPClassifier(**LONG),
+            digits_store.X,
+            digits_store.y,
+            averaging_frequency=3,
+            checkpoint=path,
+        )
+
+
+def test_bad_input(client, digits):
+    X, y = digits[:2]
+    with pytest.raises(TypeError, match="network estimators"):
+        parallel.fit(object(), X, y)
+    with pytest.raises(ValueError, match="lbfgs"):
+        parallel.fit(MLPClassifier(solver="lbfgs"), X, y)
+    with pytest.raises(ValueError, match="averaging_frequency must be an integer >= 1, got 0"):
+        parallel.fit(MLPClassifier(), X, y, averaging_frequency=0)
+    with pytest.raises(TypeError, match="distributed.Client"):
+        parallel.fit(MLPClassifier(), X, y, client="tcp://nowhere")
+    with pytest.raises(ValueError, match="local directory"):
+        parallel.fit(MLPClassifier(), X, y, checkpoint="s3://bucket/ck")
+    bad = X.copy()
+    bad[700, 3] = np.nan
+    est = MLPClassifier(**SMALL)
+    with pytest.raises(ValueError, match="NaN"):
+        parallel.fit(est, da.from_array(bad, chunks=200), y)
+    assert not hasattr(est, "coefs_")  # a failed fit leaves no model behind
+
+
+def test_needs_a_cluster(digits, monkeypatch):
+    def no_client():
+        raise ValueError("No clients found")
+
+    monkeypatch.setattr(distributed, "get_client", no_client)  # as in a fresh process
+    with pytest.raises(ValueError, match="needs a dask cluster"):
+        parallel.fit(MLPClassifier(), *digits[:2])
+
+
+def test_verbose_shows_the_dashboard_and_rounds(client, digits, capsys):
+    parallel.fit(MLPClassifier(**dict(SMALL, max_iter=1)), *digits[:2], verbose=True)
+    out = capsys.readouterr()
+    assert client.dashboard_link in out.out
+    assert "epochs" in out.err and "loss=" in out.err
