@@ -112,8 +112,25 @@ def _hidden(spec):
     return sizes
 
 
-def train(store, out, *, model="mlp", hidden="256,128", epochs=10, overwrite=False, **params):
-    """Fit a model on the store at ``store`` (streamed from disk) and save it to ``out``."""
+def train(
+    store,
+    out,
+    *,
+    model="mlp",
+    hidden="256,128",
+    epochs=10,
+    overwrite=False,
+    scheduler=None,
+    averaging_frequency=10,
+    checkpoint=None,
+    **params,
+):
+    """Fit a model on the store at ``store`` (streamed from disk) and save it to ``out``.
+
+    With ``scheduler`` (a distributed scheduler's address, ``tcp://host:port``) the
+    fit is :func:`pipeline.parallel.fit` on that cluster: one replica per worker,
+    averaged every ``averaging_frequency`` steps, checkpointed to ``checkpoint``.
+    """
     from pipeline._store import _check_destination, _local_path
     from pipeline._store import open as open_store
 
@@ -125,11 +142,37 @@ def train(store, out, *, model="mlp", hidden="256,128", epochs=10, overwrite=Fal
     if ds.y is None:
         raise ValueError(f"{store} holds no target y; train needs labels or targets")
     est = _estimator(model, ds, hidden_layer_sizes=_hidden(hidden), max_iter=epochs, **params)
+    if scheduler is None and checkpoint is not None:
+        raise ValueError("--checkpoint needs --scheduler: it checkpoints parallel training")
     t0 = time.perf_counter()
-    est.fit(ds.X, ds.y)
+    if scheduler is None:
+        est.fit(ds.X, ds.y)
+    else:
+        _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint)
     dt = time.perf_counter() - t0
     est.save(out, overwrite=overwrite)
     return est, ds, dt
+
+
+def _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint):
+    from distributed import Client
+
+    from pipeline import parallel
+
+    if "://" not in scheduler:
+        raise ValueError(
+            f"--scheduler must be a distributed scheduler's address like tcp://host:8786, "
+            f"got {scheduler!r}"
+        )
+    with Client(scheduler) as client:
+        parallel.fit(
+            est,
+            ds.X,
+            ds.y,
+            client=client,
+            averaging_frequency=averaging_frequency,
+            checkpoint=checkpoint,
+        )
 
 
 def _cmd_train(args):
@@ -150,6 +193,9 @@ def _cmd_train(args):
         hidden=args.hidden,
         epochs=args.epochs,
         overwrite=args.overwrite,
+        scheduler=args.scheduler,
+        averaging_frequency=args.averaging_frequency,
+        checkpoint=args.checkpoint,
         **params,
     )
     n = est.n_iter_ * len(ds)
@@ -397,6 +443,20 @@ def _parser():
     tr.add_argument("--out", required=True, help="where to save the model (a Zarr group)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing model")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "--scheduler",
+        default=None,
+        help="a dask scheduler's address (tcp://host:8786): train there by parameter averaging",
+    )
+    tr.add_argument(
+        "--averaging-frequency",
+        type=int,
+        default=10,
+        help="with --scheduler: local steps per round",
+    )
+    tr.add_argument(
+        "--checkpoint", default=None, help="with --scheduler: a directory to checkpoint and resume"
+    )
     tr.set_defaults(func=_cmd_train)
     se = sub.add_parser("search", help="grid search or nested CV of a model over a store")
     se.add_argument("store", help="the training store (a directory or an fsspec URL)")

@@ -147,6 +147,11 @@ def test_train_and_evaluate_errors(digit_stores, capsys):
     assert "holds no target y" in capsys.readouterr().err
     assert main(["train", str(tmp / "train.zarr"), "--hidden", "a,b", "--out", "x"]) == 2
     assert "--hidden must be comma-separated" in capsys.readouterr().err
+    train = ["train", str(tmp / "train.zarr"), "--out", str(tmp / "p.zarr")]
+    assert main([*train, "--checkpoint", str(tmp / "ck")]) == 2
+    assert "--checkpoint needs --scheduler" in capsys.readouterr().err
+    assert main([*train, "--scheduler", "localhost"]) == 2
+    assert "tcp://host:8786" in capsys.readouterr().err
     assert main(["evaluate", str(tmp / "missing.zarr"), str(tmp / "test.zarr")]) == 2
     assert "no model at" in capsys.readouterr().err
     assert main(["evaluate", str(tmp / "train.zarr"), str(tmp / "test.zarr")]) == 2

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
+import pipeline
 from pipeline import parallel
 from pipeline._parallel import CHECKPOINT
 from pipeline._replica import Round, average
@@ -266,3 +267,19 @@ def test_verbose_shows_the_dashboard_and_rounds(client, digits, capsys):
     out = capsys.readouterr()
     assert client.dashboard_link in out.out
     assert "epochs" in out.err and "loss=" in out.err
+
+
+def test_pipeline_train_on_a_cluster(client, digits, digits_store, tmp_path, capsys):
+    from pipeline.cli import main
+
+    args = ["train", str(digits_store.path), "--hidden", "16", "--epochs", "2", "--quiet"]
+    cluster = ["--scheduler", client.scheduler.address, "--averaging-frequency", "1"]
+    checkpoint = ["--checkpoint", str(tmp_path / "ck")]
+    assert main([*args, *cluster, *checkpoint, "--out", str(tmp_path / "m.zarr")]) == 0
+    assert "MLPClassifier: 2 epochs over 1,400 samples" in capsys.readouterr().out
+    model = pipeline.load(tmp_path / "m.zarr")
+    kw = dict(hidden_layer_sizes=(16,), max_iter=2, batch_size=200, random_state=0)
+    same = parallel.fit(MLPClassifier(**kw), digits_store.X, digits_store.y, averaging_frequency=1)
+    for p, q in zip(_weights(model), _weights(same), strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert _rounds_done(tmp_path / "ck") == 2 * 4  # 7 steps an epoch, 2 a round
