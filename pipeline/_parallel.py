@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ from pipeline._engine import CHUNK_ROWS, NeuralNetBase
 from pipeline._netio import to_numpy
 from pipeline._replica import Job, Round, Stored
 from pipeline._store import _local_path, _publish, _remove
+from pipeline._store import open as open_store
 from pipeline.checkpoint import (
     _open_model_group,
     _params_json,
@@ -63,6 +65,7 @@ def fit(
     X,
     y=None,
     *,
+    sample_weight=None,
     client=None,
     n_workers=None,
     averaging_frequency=10,
@@ -78,10 +81,13 @@ def fit(
     ----------
     estimator : one of pipeline's network estimators, with a stochastic solver
         Fitted in place (and returned), as ``estimator.fit`` would be.
-    X : zarr array, dask array, Dataset or array-like, shape (n_samples, *feature_shape)
-        Stored data is read by the workers straight from the store, each its own
-        part; numpy data is scattered to the cluster once.
+    X : store path, Dataset, zarr array, dask array or array-like, shape (n_samples, ...)
+        Stored data is read by the workers straight from the store (a local path
+        or an fsspec URL the workers can reach), each its own part; numpy data is
+        scattered to the cluster once.
     y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
+        Default: the store's targets.
+    sample_weight : array-like of shape (n_samples,), optional
     client : distributed.Client, optional
         Default: the active client.
     n_workers : int, optional
@@ -126,7 +132,8 @@ def fit(
     verbose = estimator.verbose if verbose is None else verbose
     before = {k: list(v) if isinstance(v, list) else v for k, v in vars(estimator).items()}
     try:
-        return _fit(estimator, X, y, client, options, target, every, verbose)
+        data = (X, y, sample_weight)
+        return _fit(estimator, data, client, options, target, every, verbose)
     except BaseException:
         vars(estimator).clear()  # a failed fit leaves the estimator as it found it
         vars(estimator).update(before)
@@ -181,9 +188,12 @@ def _checkpoint_dir(path):
     return local
 
 
-def _fit(est, X, y, client, options, target, every, verbose):
+def _fit(est, data, client, options, target, every, verbose):
+    X, y, sample_weight = data
+    if isinstance(X, (str, os.PathLike)):
+        X = open_store(X)
     first = not hasattr(est, "_config") or not est.warm_start
-    data = est._validate_training(X, y, None, reset=first)
+    data = est._validate_training(X, y, sample_weight, reset=first)
     with jax.enable_x64(data.X.dtype == np.float64 if first else est._dtype == "float64"):
         if first:
             est._initialize(data)

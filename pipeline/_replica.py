@@ -66,6 +66,9 @@ class Stored:
     def __init__(self, array):
         self.array = array
 
+    def __dask_tokenize__(self):
+        return ("stored", self.array.name)  # dask names come from content
+
 
 class Round(NamedTuple):
     """The state after a round, and what it cost: the next round's input.

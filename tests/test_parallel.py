@@ -52,10 +52,18 @@ def _assert_same_model(a, b):
 @pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "store"])
 def test_one_worker_is_single_process_training_bit_for_bit(client, digits, digits_store, lazy):
     X, y = (digits_store.X, digits_store.y) if lazy else digits[:2]
+    w = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
     kw = dict(SMALL, batch_size=50, dropout=0.2)  # dropout: the RNG key must follow too
-    single = MLPClassifier(**kw).fit(X, y)
+    single = MLPClassifier(**kw).fit(X, y, sample_weight=w)
     for af in (1, 7):
-        one = parallel.fit(MLPClassifier(**kw), X, y, n_workers=1, averaging_frequency=af)
+        one = parallel.fit(
+            MLPClassifier(**kw),
+            digits_store.path if lazy else X,  # a store's path: its X and y
+            None if lazy else y,
+            sample_weight=w,
+            n_workers=1,
+            averaging_frequency=af,
+        )
         _assert_same_model(one, single)
 
 
