@@ -5,7 +5,8 @@ Chunked Zarr / memmap stores (:mod:`pipeline.store`), chunk streams for training
 (:mod:`pipeline.datasets`), scikit-learn estimators on JAX networks
 (MLPs, CNNs, RNNs, autoencoders, wide & deep and your own equinox modules) saved
 and loaded as Zarr groups (:func:`load`), and searches / nested cross-validation as
-one merged dask graph (:mod:`pipeline.model_selection`).
+one merged dask graph (:mod:`pipeline.model_selection`), and data-parallel training
+on a dask cluster by parameter averaging (:mod:`pipeline.parallel`).
 """
 
 from pipeline import datasets, estimators, model_selection, nn, parallel, sources, store, stream

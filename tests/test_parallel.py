@@ -47,6 +47,8 @@ def _assert_same_model(a, b):
     np.testing.assert_array_equal(a._key, b._key)
     assert a.n_iter_ == b.n_iter_ and a.t_ == b.t_
     np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-6)
+    if a.early_stopping:
+        assert a.validation_scores_ == b.validation_scores_
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "store"])
@@ -67,9 +69,9 @@ def test_one_worker_is_single_process_training_bit_for_bit(client, digits, digit
         _assert_same_model(one, single)
 
 
-def test_batch_norm_state_and_regression(client, digits):
+def test_batch_norm_early_stopping_and_regression(client, digits):
     X, y = digits[0], digits[1].astype("float32")
-    kw = dict(SMALL, batch_size=64, batch_norm=True)
+    kw = dict(SMALL, batch_size=64, batch_norm=True, early_stopping=True, max_iter=4)
     single = MLPRegressor(**kw).fit(X, y)
     one = parallel.fit(MLPRegressor(**kw), X, y, n_workers=1, averaging_frequency=4)
     _assert_same_model(one, single)
