@@ -408,6 +408,11 @@ def _save_checkpoint(target, est, start, progress, job, options):
         group.attrs[CHECKPOINT] = {
             "version": CHECKPOINT_VERSION,
             "progress": [float(v) if isinstance(v, float) else int(v) for v in progress],
+            "stream": {  # where the next round reads, for people and tools
+                "epoch": int(est._epochs_seen),
+                "batch": progress.round * options["n_workers"] * options["averaging_frequency"],
+                "batch_size": job.batch_size,
+            },
             "job": _fingerprint(job, options),
             "arrays": {"replicas": replicas, "best": best},
         }
