@@ -220,16 +220,17 @@ def _fit(est, data, client, options, target, every, verbose):
     return est
 
 
-def _steps_per_epoch(est, train, bs):
-    """Mini-batch steps per epoch as single-process training takes them (padded
-    up to whole chunks), so one replica advances the RNG key the same way."""
+def _padding(est, train, bs):
+    """All-padding mini-batches at the end of a single-process epoch (its last
+    chunk is padded to whole chunks), so one replica advances the key the same way."""
     n_batches = max(1, math.ceil(CHUNK_ROWS / bs))
     if train.streamed:
         n_batches = max(n_batches, train.X.chunks[0][0] // bs)
     if not est._scan_batches:
         n_batches = 1
-    n_batches = min(n_batches, math.ceil(train.n / bs))
-    return math.ceil(train.n / (bs * n_batches)) * n_batches
+    steps = math.ceil(train.n / bs)
+    n_batches = min(n_batches, steps)
+    return math.ceil(steps / n_batches) * n_batches - steps
 
 
 def _start(est, train, options):
@@ -258,7 +259,8 @@ def _start(est, train, options):
         seed=int(est._seed),
         window=4,
         n_samples=int(train.n),
-        steps=_steps_per_epoch(est, train, bs),
+        steps=math.ceil(train.n / bs),
+        padding=_padding(est, train, bs),
         data_token=_data_token(train),
         average_optimizer_state=options["average_optimizer_state"],
     )
@@ -295,6 +297,14 @@ class _Run:
         self.options, self.target, self.every = options, target, every
         self.k, self.af = options["n_workers"], options["averaging_frequency"]
         self.rounds = math.ceil(job.steps / (self.k * self.af))
+        busy = math.ceil(job.steps / self.af)
+        if busy < self.k:
+            warnings.warn(
+                f"an epoch has {job.steps} mini-batches, fewer than n_workers x "
+                f"averaging_frequency = {self.k} x {self.af}: only {busy} of the {self.k} "
+                "replicas get data; lower averaging_frequency to train on all of them",
+                stacklevel=4,
+            )
 
     def epochs(self, est, start, progress, n, val, verbose):
         if verbose:
@@ -346,8 +356,11 @@ class _Run:
                 )
                 for w in range(self.k)
             ]
+            pad = job.padding if r + 1 == self.rounds else 0
             shares = [
-                client.submit(_replica.local_steps, job, self.X, self.Y, prev, epoch, a, b, w)
+                client.submit(
+                    _replica.local_steps, job, self.X, self.Y, prev, epoch, a, b, w, pad * (w == 0)
+                )
                 for w, (a, b) in enumerate(parts)
             ]
             prev = client.submit(_replica.average, job, *shares)
@@ -370,7 +383,7 @@ class _Run:
                 r + 1, progress.loss_sum + loss, progress.count + count, progress.rounds_done + 1
             )
             bar.update(1 / self.rounds)
-            bar.set_postfix(round=progress.rounds_done, loss=f"{loss / max(count, 1):.4g}")
+            bar.set_postfix(round=progress.rounds_done, loss=f"{loss / count:.4g}")
             if r + 1 == self.rounds or (self.target and progress.rounds_done % self.every == 0):
                 start = future.result()
                 if self.target is not None and r + 1 < self.rounds:

@@ -39,9 +39,10 @@ __all__ = ["Job", "Round", "Stored", "anchor", "average", "local_steps", "summar
 class Job(NamedTuple):
     """Everything about a fit that its replicas share (small, hashable values).
 
-    ``steps`` is the epoch's number of mini-batch steps as single-process training
-    counts them: its chunks of ``n_batches`` batches, the last one padded, so one
-    replica advances the RNG key exactly as ``est.fit`` does.
+    ``steps`` is the epoch's number of mini-batches; ``padding`` the all-padding
+    batches single-process training runs after them (its last chunk is padded to
+    whole batches), in which only the RNG key advances: replica 0 advances it as
+    much at the end of an epoch, so one replica follows ``est.fit``'s key exactly.
     """
 
     config: tuple
@@ -56,6 +57,7 @@ class Job(NamedTuple):
     window: int
     n_samples: int
     steps: int
+    padding: int
     data_token: str
     average_optimizer_state: bool
 
@@ -155,7 +157,7 @@ def _unwrap(a):
     return a.array if isinstance(a, Stored) else a
 
 
-def local_steps(job, X, Y, start, epoch, first, stop, replica):
+def local_steps(job, X, Y, start, epoch, first, stop, replica, padding=0):
     """Mini-batches ``first:stop`` of ``epoch``, trained from round ``start``.
 
     Parameters
@@ -169,6 +171,8 @@ def local_steps(job, X, Y, start, epoch, first, stop, replica):
         This replica's part of the epoch's stream, in mini-batches.
     replica : int
         Its index: replica 0 carries the RNG key on, the others fold their index in.
+    padding : int, default=0
+        All-padding steps to take after them (the key advances, nothing else).
 
     Returns
     -------
@@ -198,6 +202,8 @@ def local_steps(job, X, Y, start, epoch, first, stop, replica):
             metrics.append((m["loss_sum"], m["count"], m["finite"]))
         loss, count, finite = zip(*jax.device_get(metrics), strict=True)
         params, state, opt_state, key = carry
+        for _ in range(padding):
+            key = jax.random.split(key)[0]  # what a step on an all-padding batch does
         return Round(
             to_numpy(params),
             to_numpy(state),
