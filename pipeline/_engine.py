@@ -39,6 +39,7 @@ from sklearn.utils.validation import (
 from tqdm.auto import tqdm
 
 from pipeline import nn
+from pipeline._graph import local_on_worker
 from pipeline._inputs import lazy_view
 from pipeline._netio import (
     PREDICT_ROWS,
@@ -284,7 +285,8 @@ class NeuralNetBase(BaseEstimator):
         self._check_solver_options()
         before = {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
         try:
-            return self._fit_or_raise(X, y, sample_weight, first, incremental, classes)
+            with local_on_worker():  # est.fit inside a cluster task: no waiting on the cluster
+                return self._fit_or_raise(X, y, sample_weight, first, incremental, classes)
         except BaseException:
             vars(self).clear()  # a failed fit leaves the estimator as it found it
             vars(self).update(before)
@@ -628,5 +630,5 @@ class NeuralNetBase(BaseEstimator):
             sample_weight = self._streamed_like(X, sample_weight, "sample_weight")
         classes = getattr(self, "classes_", None)
         Y = target_table(y, sample_weight, self._kind, classes, dtype=self._dtype)
-        with self._precision():
+        with self._precision(), local_on_worker():
             return self._streamed_score(X, Y, True)

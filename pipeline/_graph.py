@@ -7,10 +7,13 @@ graph is materialised once and culled to the requested keys per read.
 
 from __future__ import annotations
 
+import contextlib
+
+import dask
 from dask.base import get_scheduler
 from dask.optimization import cull
 
-__all__ = ["BlockGraph"]
+__all__ = ["BlockGraph", "local_on_worker"]
 
 
 class BlockGraph:
@@ -27,11 +30,42 @@ class BlockGraph:
         self.graph = {}
         for a in arrays:
             self.graph.update(a.__dask_graph__())
+        self.get = _scheduler(arrays)  # chosen here: reads may run in another thread
 
     def read(self, blocks):
         """Per array, the list of its computed ``blocks`` (numpy)."""
         keys = [[(a.name, int(b)) + (0,) * (a.ndim - 1) for b in blocks] for a in self.arrays]
         flat = [k for ks in keys for k in ks]
         graph, _ = cull(self.graph, flat)
-        got = get_scheduler(collections=list(self.arrays))(graph, flat)
+        got = self.get(graph, flat)
         return [list(got[i * len(blocks) : (i + 1) * len(blocks)]) for i in range(len(keys))]
+
+
+def local_on_worker():
+    """A scope in which dask computes in the calling thread when that thread runs
+    a task on a dask worker (see :func:`_scheduler`); elsewhere, no change."""
+    if dask.config.get("scheduler", None) is None and _on_worker():
+        return dask.config.set(scheduler="synchronous")
+    return contextlib.nullcontext()
+
+
+def _scheduler(arrays):
+    """The active scheduler; in a task on a dask worker, the task's own thread.
+
+    A task that hands its reads to the cluster and waits holds the worker thread
+    those reads need: with one thread per worker, ``est.fit`` inside
+    ``client.submit`` would wait forever.
+    """
+    if dask.config.get("scheduler", None) is None and _on_worker():
+        return dask.get
+    return get_scheduler(collections=list(arrays))
+
+
+def _on_worker():
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True

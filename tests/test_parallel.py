@@ -294,3 +294,18 @@ def test_pipeline_train_on_a_cluster(client, digits, digits_store, tmp_path, cap
     for p, q in zip(_weights(model), _weights(same), strict=True):
         np.testing.assert_array_equal(p, q)
     assert _rounds_done(tmp_path / "ck") == 2 * 4  # 7 steps an epoch, 2 a round
+
+
+def _fit_in_a_task(path):
+    from pipeline import store
+
+    data = store.open(path)
+    est = MLPClassifier(**dict(SMALL, max_iter=1)).fit(data.X, data.y)
+    return est.n_iter_, est.score(data.X, data.y)
+
+
+def test_fit_inside_a_task_reads_its_store_in_the_task(client, digits_store):
+    # the stream's reads used to go to the cluster and wait for a thread the task held
+    future = client.submit(_fit_in_a_task, str(digits_store.path), pure=False)
+    n_iter, score = future.result(timeout=120)
+    assert n_iter == 1 and 0 < score <= 1
