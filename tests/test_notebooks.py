@@ -31,6 +31,10 @@ SMALL = {
         "N_SAMPLES = 1500\nCHUNK_ROWS = 500\nCV = 2\nOUTER_CV = 2\nN_COMPONENTS = (16, 32)\n"
         "MAX_ITER = 3\nHYPERBAND_MAX_ITER = 3\n"
     ),
+    "04_distributed.ipynb": (
+        "N_TRAIN = 2000\nN_TEST = 1000\nCHUNK_ROWS = 250\nMAX_ITER = 10\nAVERAGING_FREQUENCY = 2\n"
+        "SEARCH_MAX_ITER = 3\n"
+    ),
 }
 
 
@@ -171,4 +175,27 @@ def test_search_and_nested_cv_notebook(tmp_path, monkeypatch):
     assert len(tables) >= 5, "search report, graph's tasks, nested CV, Hyperband budget and report"
     pngs = [o for o in _outputs(nb, "display_data") if "image/png" in o.data]
     assert len(pngs) >= 3, "expected the boxplots, the merged graph and Hyperband's curves"
+    assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
+
+
+def test_distributed_notebook(tmp_path, monkeypatch):
+    nb = _execute("04_distributed.ipynb", tmp_path, monkeypatch)
+    out = _stdout(nb)
+
+    assert not _outputs(nb, "error")
+    dataset = re.search(r"dataset: (\w+)", out)
+    assert dataset and dataset.group(1) in {"mnist", "digits"}, out
+    assert re.search(r"dashboard: https?://", out), out
+    assert "parallel.fit: 2 replicas; dashboard: http" in out, "verbose=True shows the dashboard"
+    accuracies = dict(re.findall(r"^(.+): test accuracy ([0-9.]+)", out, flags=re.M))
+    assert len(accuracies) == 3, out
+    # Ten classes: chance is 0.1; these parameters reach ~0.8 (digits) and ~0.85 (MNIST).
+    assert min(map(float, accuracies.values())) > 0.5, accuracies
+    assert "n_workers=1 equals est.fit bit for bit: True" in out
+    assert re.search(r"the finished checkpoint's model in [0-9.]+ s: same = True", out), out
+    assert "checkpoint of an estimator with other parameters" in out
+    best = re.search(r"best \{.*\}: accuracy ([0-9.]+)", out)
+    assert best and float(best.group(1)) > 0.5, out
+    tables = [o for o in _outputs(nb, "execute_result") if "text/html" in o.data]
+    assert len(tables) >= 2, "the fits' comparison and the search report"
     assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
