@@ -84,7 +84,8 @@ def fit(
     X : store path, Dataset, zarr array, dask array or array-like, shape (n_samples, ...)
         Stored data is read by the workers straight from the store (a local path
         or an fsspec URL the workers can reach), each its own part; numpy data is
-        scattered to the cluster once.
+        scattered to the cluster once (it lives in the workers' memory, so losing a
+        worker loses it: a fit that must survive faults reads a store).
     y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
         Default: the store's targets.
     sample_weight : array-like of shape (n_samples,), optional
@@ -346,7 +347,9 @@ class _Run:
     def submit(self, epoch, begin, start):
         """The epoch's rounds from ``begin`` on, chained: a list of round futures."""
         client, job, step = self.client, self.job, self.k * self.af
-        prev = client.submit(_replica.anchor, start, key=f"anchor-{tokenize(job, start)}")
+        with warnings.catch_warnings():  # once an epoch, the state itself is the task
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            prev = client.submit(_replica.anchor, start, key=f"anchor-{tokenize(job, start)}")
         futures = []
         for r in range(begin, self.rounds):
             parts = [
