@@ -298,6 +298,7 @@ class _Run:
         self.options, self.target, self.every = options, target, every
         self.k, self.af = options["n_workers"], options["averaging_frequency"]
         self.rounds = math.ceil(job.steps / (self.k * self.af))
+        self.workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
         busy = math.ceil(job.steps / self.af)
         if busy < self.k:
             warnings.warn(
@@ -306,6 +307,12 @@ class _Run:
                 "replicas get data; lower averaging_frequency to train on all of them",
                 stacklevel=4,
             )
+
+    def home(self, replica):
+        """The worker a replica prefers: each replica on its own (dask would put
+        them all next to the average they read), the same one every round (its
+        shuffled windows are cached there). Any other worker takes over if it dies."""
+        return [self.workers[replica % len(self.workers)]] if self.workers else None
 
     def epochs(self, est, start, progress, n, val, verbose):
         if verbose:
@@ -362,7 +369,10 @@ class _Run:
             pad = job.padding if r + 1 == self.rounds else 0
             shares = [
                 client.submit(
-                    _replica.local_steps, job, self.X, self.Y, prev, epoch, a, b, w, pad * (w == 0)
+                    _replica.local_steps,
+                    *(job, self.X, self.Y, prev, epoch, a, b, w, pad * (w == 0)),
+                    workers=self.home(w),
+                    allow_other_workers=True,
                 )
                 for w, (a, b) in enumerate(parts)
             ]
