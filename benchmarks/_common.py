@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import sys
 import time
 import warnings
@@ -64,3 +66,27 @@ def print_totals(result):
         f"total {result['total_s']:.0f} s; load average at start / end: "
         f"{result['machine']['load_avg_at_start'][0]:.2f} / {result['load_avg_at_end'][0]:.2f}"
     )
+
+
+def base_parser(doc, sections, here, *, quick_help):
+    """The options every benchmark has: --quick, --only, --json, --dir, --child."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument(
+        "--only", choices=sections, action="append", help="run only this section (repeatable)"
+    )
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--dir", default=str(here / "_data"), help="where stores are written")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

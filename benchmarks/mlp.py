@@ -37,7 +37,6 @@ later runs (``--clean`` removes it at the end).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -50,7 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import child_main, markdown_table, print_totals, run_sections
+from _common import base_parser, child_main, cpu_name, markdown_table, print_totals, run_sections
 from _common import drop_page_cache as _drop_page_cache
 
 HERE = Path(__file__).resolve().parent
@@ -473,12 +472,7 @@ def machine():
     import zarr
     from threadpoolctl import threadpool_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     np.ones((2, 2)) @ np.ones((2, 2))  # load numpy's BLAS so threadpoolctl sees it
     blas = [
         f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads)"
@@ -651,17 +645,10 @@ def _remove_mnist_store():
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small data, few epochs: a smoke run")
-    p.add_argument(
-        "--only", choices=SECTIONS, action="append", help="run only this section (repeatable)"
-    )
-    p.add_argument("--json", help="also write the raw results here")
-    p.add_argument("--dir", default=str(HERE / "_data"), help="where stores are written")
+    p = base_parser(__doc__, SECTIONS, HERE, quick_help="small data, few epochs: a smoke run")
     p.add_argument("--size-gb", type=float, help="memory section's store in GiB (default 10)")
     p.add_argument("--steady-epochs", type=int, help="epochs timed after the first (default 5)")
     p.add_argument("--clean", action="store_true", help="remove the big store at the end")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child_main(args.child, CHILDREN)

@@ -58,7 +58,6 @@ at the end).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -69,7 +68,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import child_main, markdown_table, print_totals, run_sections
+from _common import base_parser, child_main, markdown_table, print_totals, run_sections
 from _common import drop_page_cache as _drop_page_cache
 from mlp import _du_gb, _peak_rss_mb, machine
 
@@ -744,13 +743,7 @@ def report(result):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small data, 1 epoch: a smoke run")
-    p.add_argument(
-        "--only", choices=SECTIONS, action="append", help="run only this section (repeatable)"
-    )
-    p.add_argument("--json", help="also write the raw results here")
-    p.add_argument("--dir", default=str(HERE / "_data"), help="where stores are written")
+    p = base_parser(__doc__, SECTIONS, HERE, quick_help="small data, 1 epoch: a smoke run")
     p.add_argument("--cnn-epochs", type=int, help="CNN epochs (default 5; quick 1)")
     p.add_argument("--cnn-train", type=int, help="CNN training samples (default all 60000)")
     p.add_argument("--lstm-epochs", type=int, help="LSTM epochs (default 5; quick 1)")
@@ -758,7 +751,6 @@ def main():
     p.add_argument("--ae-max-iter", type=int, help="AutoEncoder max_iter (default: its own, 200)")
     p.add_argument("--digits", type=int, nargs="+", help="autoencoder digits (default 0 1 3 7 9)")
     p.add_argument("--clean", action="store_true", help="remove the MNIST stores at the end")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child_main(args.child, CHILDREN)

@@ -55,7 +55,6 @@ later runs when complete (``--clean`` removes it at the end).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -71,7 +70,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-from _common import child_main, markdown_table, print_totals, run_sections
+from _common import base_parser, child_main, cpu_name, markdown_table, print_totals, run_sections
 from _common import drop_page_cache as _drop_page_cache
 from sklearn.decomposition import PCA
 from sklearn.linear_model import SGDClassifier
@@ -567,12 +566,7 @@ def machine():
     import zarr
     from threadpoolctl import threadpool_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     np.ones((2, 2)) @ np.ones((2, 2))  # load numpy's BLAS so threadpoolctl sees it
     blas = [
         f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads)"
@@ -781,17 +775,10 @@ def report(result):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small data: a smoke run")
-    p.add_argument(
-        "--only", choices=SECTIONS, action="append", help="run only this section (repeatable)"
-    )
-    p.add_argument("--json", help="also write the raw results here")
-    p.add_argument("--dir", default=str(HERE / "_data"), help="where the store is written")
+    p = base_parser(__doc__, SECTIONS, HERE, quick_help="small data: a smoke run")
     p.add_argument("--repeats", type=int, help="timed rounds of the speed section (default 3)")
     p.add_argument("--memory-rows", type=int, help="rows of the memory store (default 600,000)")
     p.add_argument("--clean", action="store_true", help="remove the memory store at the end")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child_main(args.child, CHILDREN)
