@@ -73,8 +73,8 @@ processes; the scheduler runs in the client's process, as LocalCluster puts it):
    on a core of its own with this machine's speed (a node whose cores all serve one
    replica computes faster, which lowers the efficiency), links of bandwidth B at
    every worker, no stragglers, and the replicas of a round placed on different
-   workers, which the scheduler does not do today (the ``overhead`` placement row);
-   the model's round time with all replicas queued on one worker,
+   workers (``parallel.fit`` gives each replica a worker of its own; the ``overhead``
+   placement row checks it); the model's round time with all replicas queued on one worker,
    ``N C + r_w N af bs / W + A(N) + 2 l + (N + 2) c``, is printed beside the
    measured one at N = 2. Predicted at the measured localhost B and at 1.25 GB/s
    (10 GbE), and once more with C, r_w and A measured under the workers'
