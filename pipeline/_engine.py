@@ -10,6 +10,7 @@ its parameters map to fitted attributes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -283,12 +284,17 @@ class NeuralNetBase(BaseEstimator):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         self._check_solver_options()
+        with self._rollback(), local_on_worker():  # local: est.fit inside a cluster task
+            return self._fit_or_raise(X, y, sample_weight, first, incremental, classes)
+
+    @contextlib.contextmanager
+    def _rollback(self):
+        """A fit that fails leaves the estimator as it found it."""
         before = {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
         try:
-            with local_on_worker():  # est.fit inside a cluster task: no waiting on the cluster
-                return self._fit_or_raise(X, y, sample_weight, first, incremental, classes)
+            yield
         except BaseException:
-            vars(self).clear()  # a failed fit leaves the estimator as it found it
+            vars(self).clear()
             vars(self).update(before)
             raise
 
@@ -302,12 +308,15 @@ class NeuralNetBase(BaseEstimator):
                 self._fit_lbfgs(data)
             else:
                 self._fit_stochastic(data, incremental)
+        self._check_finite_params()
+        return self
+
+    def _check_finite_params(self):
         if not all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(self._import_params())):
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may"
                 " contain large values and need to be preprocessed."
             )
-        return self
 
     def _cast(self, X):
         """In-memory X in the compute dtype (streamed X is cast chunk by chunk)."""

@@ -131,14 +131,8 @@ def fit(
         scale_learning_rate=bool(scale_learning_rate),
     )
     verbose = estimator.verbose if verbose is None else verbose
-    before = {k: list(v) if isinstance(v, list) else v for k, v in vars(estimator).items()}
-    try:
-        data = (X, y, sample_weight)
-        return _fit(estimator, data, client, options, target, every, verbose)
-    except BaseException:
-        vars(estimator).clear()  # a failed fit leaves the estimator as it found it
-        vars(estimator).update(before)
-        raise
+    with estimator._rollback():
+        return _fit(estimator, (X, y, sample_weight), client, options, target, every, verbose)
 
 
 def _check_estimator(est):
@@ -213,11 +207,7 @@ def _fit(est, data, client, options, target, every, verbose):
         est._store_carry(_engine_carry(start))
         if est.early_stopping:
             est._export_params(est._best_params)
-    if not all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(est._import_params())):
-        raise ValueError(
-            "Solver produced non-finite parameter weights. The input data may"
-            " contain large values and need to be preprocessed."
-        )
+    est._check_finite_params()
     return est
 
 
