@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -33,7 +32,8 @@ from pipeline import _replica, nn
 from pipeline._engine import CHUNK_ROWS, NeuralNetBase
 from pipeline._netio import to_numpy
 from pipeline._replica import Job, Round, Stored
-from pipeline._store import _local_path, _publish, _remove
+from pipeline._atomic import atomic_dir
+from pipeline._store import _local_path
 from pipeline._store import open as open_store
 from pipeline.checkpoint import (
     _open_model_group,
@@ -412,13 +412,11 @@ def _is_checkpoint(target):
 
 def _save_checkpoint(target, est, start, progress, job, options):
     """Write the checkpoint next to ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    with atomic_dir(target, "checkpoint", overwrite=True) as tmp:
+        group = zarr.open_group(tmp, mode="a", zarr_format=3)
         snapshot = copy.copy(est)
         snapshot._store_carry(_engine_carry(start))
-        _write_group(snapshot, str(tmp / "model"))
+        _write_group(snapshot, str(Path(tmp) / "model"))
         replicas = _write_tree(group, "replicas", list(start.opt_states[1:]))
         best = _write_tree(group, "best", est._best_params) if est.early_stopping else 0
         group.attrs[CHECKPOINT] = {
@@ -432,10 +430,6 @@ def _save_checkpoint(target, est, start, progress, job, options):
             "job": _fingerprint(job, options),
             "arrays": {"replicas": replicas, "best": best},
         }
-        _publish(tmp, target)
-    except BaseException:
-        _remove(tmp, tmp)
-        raise
 
 
 def _fingerprint(job, options):

@@ -8,6 +8,8 @@ without one, and a store whose ``format_version`` this code does not know.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import uuid
 
 import numpy as np
@@ -18,14 +20,51 @@ SCHEMA_FILE = "schema.json"  # the schema file of a memmap store
 MAX_CLASSES = 1000  # an integer target with more distinct values is not categorical
 
 
+def metadata_checksum(meta):
+    """SHA-256 of a metadata dictionary without its own ``"checksum"`` entry."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def with_checksum(meta):
+    """``meta`` with a ``"checksum"`` entry that catches hand edits and truncation."""
+    return {**meta, "checksum": metadata_checksum(meta)}
+
+
+def verify_checksum(meta, where, what):
+    """Refuse metadata whose checksum does not match (metadata from before checksums pass)."""
+    if "checksum" in meta and meta["checksum"] != metadata_checksum(meta):
+        raise ValueError(
+            f"{where} has edited or corrupt {what} metadata: its checksum does not match its "
+            "content (the file was changed by hand, truncated, or damaged); write it again"
+        )
+
+
 def new_schema(
-    *, fmt, n_samples, chunk_rows, x_dtype, feature_shape, y_dtype, y_shape, classes, attrs
+    *,
+    fmt,
+    n_samples,
+    chunk_rows,
+    x_dtype,
+    feature_shape,
+    y_dtype,
+    y_shape,
+    classes,
+    attrs,
+    uid=None,
+    checksums=None,
 ):
-    """Return the schema dictionary of a finished store (JSON-serialisable)."""
-    return {
+    """Return the schema dictionary of a finished store (JSON-serialisable).
+
+    ``checksums`` maps an array name to the CRC-32 of each of its chunks (memmap
+    stores; zarr's codec checks its own chunks). The schema carries a checksum of
+    itself (:func:`with_checksum`).
+    """
+    schema = {
         "format_version": FORMAT_VERSION,
         "format": fmt,
-        "uid": uuid.uuid4().hex,
+        "uid": uid or uuid.uuid4().hex,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "n_samples": int(n_samples),
         "chunk_rows": int(chunk_rows),
@@ -36,6 +75,9 @@ def new_schema(
         "classes": classes,
         "attrs": dict(attrs or {}),
     }
+    if checksums is not None:
+        schema["checksums"] = checksums
+    return with_checksum(schema)
 
 
 def check_schema(schema, where):
@@ -51,10 +93,34 @@ def check_schema(schema, where):
             f"{where} has store format_version {version!r}; this version of pipeline reads "
             f"format_version {FORMAT_VERSION} only"
         )
-    missing = {"n_samples", "chunk_rows", "dtype", "feature_shape"} - set(schema)
+    missing = {"n_samples", "chunk_rows", "dtype", "feature_shape", "uid", "format"} - set(schema)
     if missing:
         raise ValueError(f"{where} has a corrupt schema: missing {sorted(missing)}")
+    verify_checksum(schema, where, "store")
     return schema
+
+
+def check_arrays(schema, found, where):
+    """Refuse a store whose arrays are not what its schema says.
+
+    ``found`` maps each array name to its real ``(shape, dtype, chunk_rows)``.
+    """
+    expect = {"X": ((schema["n_samples"], *schema["feature_shape"]), schema["dtype"])}
+    if schema.get("y_dtype") is not None:
+        expect["y"] = (tuple(schema.get("y_shape") or ()), schema["y_dtype"])
+    for name, (shape, dtype) in expect.items():
+        real_shape, real_dtype, rows = found[name]
+        problems = []
+        if tuple(real_shape) != tuple(shape):
+            problems.append(f"shape {tuple(real_shape)}, the schema says {tuple(shape)}")
+        if np.dtype(real_dtype) != np.dtype(dtype):
+            problems.append(f"dtype {np.dtype(real_dtype)}, the schema says {np.dtype(dtype)}")
+        if rows != schema["chunk_rows"]:
+            problems.append(f"chunks of {rows} rows, the schema says {schema['chunk_rows']}")
+        if problems:
+            raise ValueError(
+                f"{where} is a corrupt pipeline store: array {name!r} has " + "; ".join(problems)
+            )
 
 
 class ClassCollector:

@@ -19,9 +19,9 @@ is never accepted by :func:`open`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
+from builtins import open as builtins_open
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import zarr
 from dask.base import tokenize
 from zarr.core.sync import sync
 
+from pipeline._atomic import atomic_dir, check_destination, local_path, read_marker, url_fs
 from pipeline._inputs import (
     PieceChecker,
     blocks_of,
@@ -39,16 +40,27 @@ from pipeline._inputs import (
     input_pieces,
     is_array,
 )
-from pipeline._schema import SCHEMA_FILE, SCHEMA_KEY, ClassCollector, check_schema, new_schema
+from pipeline._schema import (
+    SCHEMA_FILE,
+    SCHEMA_KEY,
+    ClassCollector,
+    check_arrays,
+    check_schema,
+    new_schema,
+)
 from pipeline._writers import MemmapWriter, ZarrWriter
 
-__all__ = ["Dataset", "ChunkReadError", "write", "open", "default_chunk_rows"]
+__all__ = ["Dataset", "ChunkReadError", "StoreChangedError", "write", "open", "default_chunk_rows"]
 
 FORMATS = ("zarr", "memmap")
 
 
 class ChunkReadError(OSError):
     """A chunk of a store is missing or cannot be decoded."""
+
+
+class StoreChangedError(RuntimeError):
+    """The store at a Dataset's path was replaced (or removed) after it was opened."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +78,9 @@ class Dataset:
         distinct labels of an integer target, else None) and the user's ``attrs``.
     path : str
         Where the store lives (a local path or an fsspec URL).
+
+    Every read checks that ``path`` still holds this store (its ``uid``): a read
+    after the store was replaced raises :class:`StoreChangedError`.
     """
 
     X: da.Array
@@ -79,6 +94,11 @@ class Dataset:
     @property
     def classes(self):
         return self.attrs.get("classes")
+
+    @property
+    def uid(self):
+        """The store's identity: a new one each time a store is written."""
+        return self.attrs["uid"]
 
     def summary(self):
         """A few human-readable lines describing the store."""
@@ -99,59 +119,12 @@ class Dataset:
 
 # ----------------------------------------------------------------------------- locations
 
-
-def _local_path(path):
-    """The local ``Path`` behind ``path``, or None for a non-local fsspec URL."""
-    if isinstance(path, os.PathLike):
-        return Path(path)
-    if not isinstance(path, str):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    if path.startswith("file://"):
-        return Path(path[len("file://") :])
-    if "://" in path:
-        return None
-    return Path(path)
-
-
-def _is_store_dir(p):
-    return (p / "zarr.json").exists() or (p / SCHEMA_FILE).exists()
+_local_path = local_path  # the name other modules import
 
 
 def _check_destination(path, local, overwrite):
-    """Refuse to write over something that exists, unless allowed and safe."""
-    if local is not None:
-        exists = local.exists()
-        replaceable = (
-            not exists or _is_store_dir(local) or (local.is_dir() and not any(local.iterdir()))
-        )
-    else:
-        fs, fs_path = fsspec.core.url_to_fs(path)
-        exists = fs.exists(fs_path)
-        replaceable = not exists or fs.exists(fs_path.rstrip("/") + "/zarr.json")
-    if exists and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    if exists and not replaceable:
-        raise ValueError(f"refusing to overwrite {path}: it exists and is not a pipeline store")
-
-
-def _remove(location, local):
-    if local is not None:
-        shutil.rmtree(local, ignore_errors=True)
-    else:
-        fs, fs_path = fsspec.core.url_to_fs(location)
-        if fs.exists(fs_path):
-            fs.rm(fs_path, recursive=True)
-
-
-def _publish(tmp, final):
-    """Move a finished store at ``tmp`` to ``final``, replacing what is there."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Refuse to write a store over something that exists, unless allowed and safe."""
+    check_destination(path, "store", overwrite=overwrite)
 
 
 def write(
@@ -195,7 +168,7 @@ def write(
     local = _local_path(path)
     if local is None and format == "memmap":
         raise ValueError(f"format='memmap' needs a local path, got {path!r}")
-    _check_destination(path, local, overwrite)
+    check_destination(path, "store", overwrite=overwrite)
 
     checker = PieceChecker()
     pieces = (checker(x, yc) for x, yc in input_pieces(X, y, chunk_rows))
@@ -204,28 +177,26 @@ def write(
         raise ValueError("X is empty: the iterable yielded no chunks")
     rows = int(chunk_rows or default_chunk_rows(first[0].shape[1:], first[0].dtype))
     blocks = blocks_of(_chain_first(first, pieces), rows)
+    uid = uuid.uuid4().hex
+    with atomic_dir(path, "store", overwrite=overwrite, uid=uid) as location:
+        schema = _write_blocks(location, format, first, blocks, rows, uid, attrs, progress, X)
+    return _dataset(path, location if local is None else str(local), schema)
 
-    if local is not None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        target = local.with_name(f".{local.name}.partial-{uuid.uuid4().hex[:8]}")
-        location = str(target)
-    else:
-        target, location = None, path
-        if overwrite:
-            _remove(path, None)
+
+def _write_blocks(location, format, first, blocks, rows, uid, attrs, progress, X):
+    """Write ``blocks`` into a new store at ``location``; return its schema."""
+    x0, y0 = first
     writer_cls = ZarrWriter if format == "zarr" else MemmapWriter
-    writer = None
-    try:
-        x0, y0 = first
-        writer = writer_cls(
-            location,
-            x0.dtype,
-            x0.shape[1:],
-            None if y0 is None else y0.dtype,
-            () if y0 is None else y0.shape[1:],
-            rows,
-            n_total=_known_length(X),
-        )
+    writer = writer_cls(
+        location,
+        x0.dtype,
+        x0.shape[1:],
+        None if y0 is None else y0.dtype,
+        () if y0 is None else y0.shape[1:],
+        rows,
+        n_total=_known_length(X),
+    )
+    with writer:
         classes = ClassCollector(y0.dtype if y0 is not None else "f8")
         for xb, yb in _with_progress(blocks, progress, _known_length(X)):
             writer.append(xb, yb)
@@ -235,6 +206,7 @@ def write(
             raise ValueError("X is empty: the input yielded chunks with no samples")
         schema = new_schema(
             fmt=format,
+            uid=uid,
             n_samples=writer.n,
             chunk_rows=rows,
             x_dtype=x0.dtype,
@@ -243,16 +215,10 @@ def write(
             y_shape=None if y0 is None else (writer.n, *y0.shape[1:]),
             classes=None if y0 is None or y0.ndim != 1 else classes.classes,
             attrs=attrs,
+            checksums=writer.checksums,
         )
         writer.finish(schema)
-    except BaseException:
-        if isinstance(writer, MemmapWriter):
-            writer.close()
-        _remove(location, target)
-        raise
-    if target is not None:
-        _publish(target, local)
-    return open(path)
+    return schema
 
 
 def _known_length(X):
@@ -281,17 +247,34 @@ def _chain_first(first, rest):
 # ----------------------------------------------------------------------------- readers
 
 
+def _current_uid(location, fmt):
+    """The uid of the store at ``location`` now (None when no store is there)."""
+    marker = read_marker(location)
+    if marker is not None:
+        return marker.get("uid")
+    try:  # a store written before markers: its schema says
+        if fmt == "memmap":
+            return json.loads((Path(location) / SCHEMA_FILE).read_text()).get("uid")
+        return zarr.open_group(location, mode="r").attrs.get(SCHEMA_KEY, {}).get("uid")
+    except Exception:  # noqa: BLE001 - gone or unreadable: not the store we opened
+        return None
+
+
 class _ChunkReader:
     """Array-like over one array of a store that reads whole chunks, for dask.
 
     Holds only the location (so it pickles small and every worker reads straight
     from the store); opens the array lazily in each process. Turns a missing or
-    undecodable chunk into a :class:`ChunkReadError` naming the array and chunk.
+    undecodable chunk into a :class:`ChunkReadError` naming the array and chunk,
+    and checks after every read that the store is still the one opened (its uid),
+    else :class:`StoreChangedError`. Memmap chunks are checked against the CRC-32
+    checksums written with the store.
     """
 
-    def __init__(self, location, name, fmt, shape, dtype, chunk_rows):
+    def __init__(self, location, name, fmt, shape, dtype, chunk_rows, uid, checksums=None):
         self.location, self.name, self.fmt = location, name, fmt
         self.shape, self.dtype, self.chunk_rows = tuple(shape), np.dtype(dtype), chunk_rows
+        self.uid, self.checksums = uid, checksums
         self.ndim = len(self.shape)
         self._array = None
 
@@ -310,9 +293,48 @@ class _ChunkReader:
         key = arr.metadata.encode_chunk_key((index,) + (0,) * (self.ndim - 1))
         return sync(arr.store.exists(f"{arr.path}/{key}" if arr.path else key))
 
+    def _rows(self, i):
+        return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.shape[0])
+
+    def _check_unchanged(self):
+        now = _current_uid(self.location, self.fmt)
+        if now != self.uid:
+            what = "removed" if now is None else "replaced by another store"
+            raise StoreChangedError(
+                f"store {self.location} was {what} after it was opened (uid {self.uid} then, "
+                f"{now} now); open it again to read the new data"
+            )
+
+    def _read_zarr(self, arr, key, first, last):
+        for i in range(first, last + 1):
+            if not self._chunk_key_exists(arr, i):
+                start, stop = self._rows(i)
+                raise ChunkReadError(
+                    f"store {self.location}: array {self.name!r} chunk {i} "
+                    f"(rows {start}-{stop - 1}) is missing"
+                )
+        return np.asarray(arr[key])
+
+    def _read_memmap(self, arr, key, first, last):
+        """Whole chunks, each checked against its checksum, then the rows asked for."""
+        lo, hi = self._rows(first)[0], self._rows(last)[1]
+        block = np.array(arr[lo:hi])
+        if self.checksums is not None:
+            for i in range(first, last + 1):
+                start, stop = (r - lo for r in self._rows(i))
+                if zlib.crc32(np.ascontiguousarray(block[start:stop]).data) != self.checksums[i]:
+                    raise ChunkReadError(
+                        f"store {self.location}: array {self.name!r} chunk {i} (rows "
+                        f"{start + lo}-{stop + lo - 1}) is corrupt: its checksum does not match"
+                    )
+        rows, rest = key[0], key[1:]
+        start, stop, step = rows.indices(self.shape[0])
+        return block[(slice(start - lo, stop - lo, step), *rest)]
+
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         rows = key[0] if isinstance(key[0], slice) else slice(key[0], key[0] + 1)
+        key = (rows, *key[1:])
         start, stop, _ = rows.indices(self.shape[0])
         first, last = start // self.chunk_rows, max(start, stop - 1) // self.chunk_rows
         where = f"store {self.location}: array {self.name!r} chunk {first}" + (
@@ -320,19 +342,16 @@ class _ChunkReader:
         )
         try:
             arr = self._open()
-            if self.fmt == "zarr":
-                for i in range(first, last + 1):
-                    if not self._chunk_key_exists(arr, i):
-                        raise ChunkReadError(
-                            f"store {self.location}: array {self.name!r} chunk {i} "
-                            f"(rows {i * self.chunk_rows}-{min((i + 1) * self.chunk_rows, self.shape[0]) - 1}) "
-                            "is missing"
-                        )
-            return np.asarray(arr[key])
+            read = self._read_zarr if self.fmt == "zarr" else self._read_memmap
+            out = read(arr, key, first, last)
         except ChunkReadError:
+            self._check_unchanged()  # a chunk missing because the store was replaced
             raise
         except Exception as exc:
+            self._check_unchanged()
             raise ChunkReadError(f"{where} could not be read: {exc}") from exc
+        self._check_unchanged()
+        return out
 
 
 def _open_npy(file, shape):
@@ -345,6 +364,44 @@ def _open_npy(file, shape):
     if arr.shape != tuple(shape):
         raise ChunkReadError(f"memmap store file {file} has shape {arr.shape}, schema says {shape}")
     return arr
+
+
+def _npy_layout(file):
+    """``(shape, dtype, data bytes present, data bytes needed)`` of a ``.npy`` file."""
+    with builtins_open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(f)
+        offset = f.tell()
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return tuple(shape), dtype, Path(file).stat().st_size - offset, needed
+
+
+def _stored_arrays(fmt, location, schema, path):
+    """What the store's arrays really are: ``{name: (shape, dtype, chunk rows)}``."""
+    names = ["X"] + (["y"] if schema.get("y_dtype") is not None else [])
+    found = {}
+    for name in names:
+        try:
+            if fmt == "zarr":
+                arr = zarr.open_group(location, mode="r")[name]
+                found[name] = (tuple(arr.shape), arr.dtype, arr.chunks[0])
+            else:
+                shape, dtype, present, needed = _npy_layout(Path(location) / f"{name}.npy")
+                if present != needed:
+                    raise ValueError(
+                        f"its {name}.npy holds {present} bytes of data, its header needs {needed}"
+                        " (truncated or edited)"
+                    )
+                found[name] = (shape, dtype, schema["chunk_rows"])
+        except (KeyError, FileNotFoundError) as exc:
+            raise ValueError(f"{path} is not a complete pipeline store: array {name!r} is missing"
+                             f" ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is a corrupt pipeline store: {exc}") from None
+    return found
 
 
 def _read_schema(path, local):
@@ -365,10 +422,13 @@ def _read_schema(path, local):
         location = str(local)
     else:
         location = path
+        url_fs(path)  # a clear error when the URL's driver (s3fs, gcsfs...) is missing
     try:
         group = zarr.open_group(location, mode="r")
     except FileNotFoundError:
         raise FileNotFoundError(f"no store at {path}") from None
+    except ImportError:
+        raise
     except Exception as exc:  # zarr raises several types for a missing or foreign group
         if "not found" in str(exc).lower() or type(exc).__name__.endswith("NotFoundError"):
             raise FileNotFoundError(f"no store at {path}") from None
@@ -377,7 +437,7 @@ def _read_schema(path, local):
 
 
 def open(path):  # noqa: A001 - the public name is pipeline.store.open
-    """Open a store lazily.
+    """Open a store lazily, checking its metadata against its arrays.
 
     Parameters
     ----------
@@ -388,24 +448,37 @@ def open(path):  # noqa: A001 - the public name is pipeline.store.open
     -------
     Dataset
         ``X`` and ``y`` are dask arrays with one task per store chunk; nothing is
-        read until they are computed.
+        read until they are computed. Reads raise :class:`StoreChangedError` once
+        the store at ``path`` has been replaced.
 
     Raises
     ------
     FileNotFoundError
         Nothing at ``path``.
     ValueError
-        ``path`` is not a complete store, or has an unknown format version.
+        ``path`` is not a complete store, has an unknown format version, or its
+        metadata was edited, truncated or disagrees with its arrays.
+    ImportError
+        ``path`` is a URL whose fsspec driver (s3fs, gcsfs, ...) is not installed.
     """
     local = _local_path(path)
     fmt, schema, location = _read_schema(path, local)
-    n, rows = schema["n_samples"], schema["chunk_rows"]
+    check_arrays(schema, _stored_arrays(fmt, location, schema, path), path)
+    return _dataset(path, location, schema)
+
+
+def _dataset(path, location, schema):
+    """The lazy Dataset over the store at ``location`` described by ``schema``."""
+    fmt, n, rows = schema["format"], schema["n_samples"], schema["chunk_rows"]
     arrays = {"X": ((n, *schema["feature_shape"]), schema["dtype"])}
     if schema.get("y_dtype") is not None:
         arrays["y"] = (tuple(schema["y_shape"]), schema["y_dtype"])
+    checksums = schema.get("checksums") or {}
     dask_arrays = {}
     for name, (shape, dtype) in arrays.items():
-        reader = _ChunkReader(location, name, fmt, shape, dtype, rows)
+        reader = _ChunkReader(
+            location, name, fmt, shape, dtype, rows, schema["uid"], checksums.get(name)
+        )
         dask_arrays[name] = da.from_array(
             reader,
             chunks=(rows, *shape[1:]),

@@ -1,7 +1,9 @@
 """Writers that append whole chunks to a store being built (zarr or memmap).
 
-Each has ``append(X_block, y_block)``, ``n`` (samples written) and
-``finish(schema)``, which writes the schema last: the completion marker.
+Each has ``append(X_block, y_block)`` (a block is one store chunk: ``rows``
+samples, the last may be shorter), ``n`` (samples written), ``checksums`` and
+``finish(schema)``, which writes the schema last; each is a context manager that
+releases its files.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,8 @@ class ZarrWriter:
     """
 
     def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows, n_total=None):
-        self.group = zarr.open_group(location, mode="w", zarr_format=3)
+        # mode "a": the directory exists (atomic_dir made it) and holds its claim file
+        self.group = zarr.open_group(location, mode="a", zarr_format=3)
         codec = zarr.codecs.ZstdCodec(level=1, checksum=True)  # checksums catch corruption
         config = {"write_empty_chunks": True}  # every chunk exists, so absence is an error
         shapes = {"X": (x_dtype, tuple(feature_shape))}
@@ -45,6 +49,13 @@ class ZarrWriter:
             for name, (dtype, tail) in shapes.items()
         }
         self.n = 0
+        self.checksums = None  # zarr's codec checksums every chunk itself
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
     def append(self, x, y):
         stop = self.n + len(x)
@@ -80,7 +91,7 @@ class MemmapWriter:
 
     def __init__(self, location, x_dtype, feature_shape, y_dtype, y_tail, rows, n_total=None):
         self.dir = Path(location)
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = {"X": (x_dtype, tuple(feature_shape))}
         if y_dtype is not None:
             self.meta["y"] = (y_dtype, tuple(y_tail))
@@ -88,11 +99,21 @@ class MemmapWriter:
         for f in self.files.values():
             f.write(b"\0" * NPY_HEADER_BYTES)
         self.n = 0
+        self.checksums = {name: [] for name in self.meta}  # CRC-32 of each chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def append(self, x, y):
         for name, block in (("X", x), ("y", y)):
             if name in self.files:
-                self.files[name].write(np.ascontiguousarray(block, self.meta[name][0]).tobytes())
+                data = np.ascontiguousarray(block, self.meta[name][0]).data
+                self.checksums[name].append(zlib.crc32(data))
+                self.files[name].write(data)
         self.n += len(x)
 
     def finish(self, schema):

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import tempfile
-from pathlib import Path
 
 import jax
 import numpy as np
 import zarr
 
 from pipeline import nn
-from pipeline._store import _check_destination, _local_path, _publish, _remove
+from pipeline._atomic import atomic_dir, check_destination, local_path
+from pipeline._schema import verify_checksum, with_checksum
 
 __all__ = ["load", "save"]
 
@@ -140,7 +139,7 @@ def _read_tree(group, name, count, template):
 
 
 def _write_group(est, location):
-    group = zarr.open_group(location, mode="w", zarr_format=3)
+    group = zarr.open_group(location, mode="a", zarr_format=3)  # a new, empty directory
     fitted = {k: _to_json(getattr(est, k)) for k in _SCALARS if hasattr(est, k)}
     counts = {}
     if hasattr(est, "_config"):
@@ -160,13 +159,15 @@ def _write_group(est, location):
         fitted["feature_names_in_"] = [str(f) for f in est.feature_names_in_]
     group.attrs.update(
         {
-            FORMAT: {  # written last: a group without it is not a model
-                "format_version": FORMAT_VERSION,
-                "class": type(est).__name__,
-                "params": _params_json(est),
-                "fitted": fitted,
-                "arrays": counts,
-            }
+            FORMAT: with_checksum(  # written last: a group without it is not a model
+                {
+                    "format_version": FORMAT_VERSION,
+                    "class": type(est).__name__,
+                    "params": _params_json(est),
+                    "fitted": fitted,
+                    "arrays": counts,
+                }
+            )
         }
     )
 
@@ -175,28 +176,22 @@ def save(est, path, *, overwrite=False):
     """Write estimator ``est`` (fitted or not) to a Zarr group at ``path``.
 
     The group appears complete or not at all for local paths (written next to
-    it, then renamed into place).
+    it, then swapped into place); ``overwrite=True`` replaces only a model, never
+    a store, a checkpoint or a directory of other files.
     """
     if type(est).__name__ not in _registry():
         raise TypeError(f"save supports pipeline's estimators, got {type(est).__name__}")
-    local = _local_path(path)
-    _check_destination(path, local, overwrite)
-    if local is None:
-        _remove(path, None)
-        _write_group(est, path)
-        return
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.partial-", dir=local.parent))
-    try:
-        _write_group(est, str(tmp))
-        _publish(tmp, local)
-    except BaseException:
-        _remove(tmp, tmp)
-        raise
+    with atomic_dir(path, "model", overwrite=overwrite) as location:
+        _write_group(est, location)
+
+
+def check_save_destination(path, *, overwrite=False):
+    """Refuse a model destination before training: what ``save`` would refuse."""
+    check_destination(path, "model", overwrite=overwrite)
 
 
 def _open_model_group(path):
-    local = _local_path(path)
+    local = local_path(path)
     if local is not None and not local.exists():
         raise FileNotFoundError(f"no model at {path}")
     try:
@@ -216,6 +211,7 @@ def _open_model_group(path):
             f"{path} has model format version {meta.get('format_version')!r}; "
             f"this pipeline reads version {FORMAT_VERSION}"
         )
+    verify_checksum(meta, path, "model")
     return group, meta
 
 

@@ -68,7 +68,7 @@ def test_the_file_is_arrays_and_json_only(labelled, tmp_path):
     root = tmp_path / "m.zarr"
     files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
     # zarr metadata (JSON) and chunk files ("c/..."), nothing else
-    assert files and all(p.name == "zarr.json" or "c" in p.parts for p in files)
+    assert files and all(p.name in ("zarr.json", "pipeline.json") or "c" in p.parts for p in files)
     attrs = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())["attributes"]
     assert attrs["pipeline-model"]["class"] == "MLPClassifier"
     assert attrs["pipeline-model"]["params"]["hidden_layer_sizes"] == [4]
@@ -82,6 +82,10 @@ def test_load_refuses_what_is_not_a_model(tmp_path, zarr_store):
     MLPRegressor().save(tmp_path / "m.zarr")
     meta = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())
     meta["attributes"]["pipeline-model"]["class"] = "os.system"
+    (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="edited or corrupt model metadata"):
+        pipeline.load(tmp_path / "m.zarr")
+    del meta["attributes"]["pipeline-model"]["checksum"]  # as a model saved before checksums
     (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown model class 'os.system'"):
         pipeline.load(tmp_path / "m.zarr")
@@ -120,7 +124,7 @@ def test_corrupt_or_edited_models_are_refused_clearly(labelled, tmp_path):
     def broken(edit):
         shutil.copytree(tmp_path / "m.zarr", tmp_path / "b.zarr", dirs_exist_ok=True)
         edit(tmp_path / "b.zarr")
-        with pytest.raises(ValueError, match="not a readable pipeline model"):
+        with pytest.raises(ValueError, match="not a readable pipeline model|edited or corrupt"):
             pipeline.load(tmp_path / "b.zarr")
         shutil.rmtree(tmp_path / "b.zarr")
 

@@ -103,9 +103,11 @@ def test_overwrite(tmp_path):
 def test_refuses_to_overwrite_a_directory_that_is_not_a_store(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(ValueError, match="not a pipeline store"):
-        store.write(tmp_path / "mine", np.ones((3, 2)), overwrite=True)
-    assert (tmp_path / "mine" / "thesis.tex").exists()
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="thesis.tex.*replaces only a pipeline store"):
+            store.write(tmp_path / "mine", np.ones((3, 2)), overwrite=overwrite)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == ["mine"]
 
 
 @pytest.mark.parametrize(
