@@ -296,9 +296,8 @@ def _try_lock(directory):
 
 @contextlib.contextmanager
 def _path_lock(local):
-    """Serialise the fallback publish of two writers to ``local`` (a lock file beside it)."""
-    lock = local.with_name(f".{local.name}.lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    """Serialise the fallback publish of writers in ``local``'s directory (a lock on it)."""
+    fd = os.open(local.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

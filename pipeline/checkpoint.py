@@ -237,24 +237,48 @@ def load(path, **params):
     classes = _registry()
     if meta.get("class") not in classes:
         raise ValueError(f"{path} holds an unknown model class {meta.get('class')!r}")
-    code = {
-        k: v[_CODE]
-        for k, v in meta.get("params", {}).items()
-        if isinstance(v, dict) and set(v) == {_CODE} and k not in params
-    }
-    if code:
-        given = ", ".join(f"{k}=<{name}>" for k, name in code.items())
+    cls = classes[meta["class"]]
+    saved = meta.get("params", {})
+    code = {k: v[_CODE] for k, v in saved.items() if isinstance(v, dict) and set(v) == {_CODE}}
+    _check_given(cls, code, params, path)
+    missing = {k: name for k, name in code.items() if k not in params}
+    if missing:
+        given = ", ".join(f"{k}=<{name}>" for k, name in missing.items())
         raise ValueError(
             f"{path} was built from your code, which a model file does not store: pass it "
             f"back, as pipeline.load({str(path)!r}, {given})"
         )
     try:
-        return _restore(classes[meta["class"]], group, meta, params)
+        return _restore(cls, group, meta, params)
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
+        if params:  # the code given back builds other arrays than the saved ones
+            given = ", ".join(f"{k}={_code_name(v)}" for k, v in params.items())
+            raise ValueError(
+                f"the code you passed ({given}) does not fit the model saved in {path}, built "
+                f"from {', '.join(code.values())}: {exc}"
+            ) from exc
         raise ValueError(
             f"{path} is not a readable pipeline model: {exc} (the file is corrupt, edited or "
             "from another version)"
         ) from exc
+
+
+def _check_given(cls, code, params, path):
+    """Refuse keyword arguments of :func:`load` that are the caller's mistake."""
+    accepted = cls().get_params(deep=False)
+    for k in params:
+        if k not in accepted:
+            raise TypeError(
+                f"load() got an unexpected keyword argument {k!r}: {cls.__name__} has no such "
+                "parameter"
+            )
+        if k not in code:
+            takes = ", ".join(f"{c}=" for c in code) or "nothing"
+            raise TypeError(
+                f"load() cannot set {k}=: {path} stores {cls.__name__}'s {k}. load takes back "
+                f"only the code a model file names but cannot store (here: {takes}); set other "
+                "parameters on the loaded model with set_params"
+            )
 
 
 def _restore(cls, group, meta, given):

@@ -6,6 +6,22 @@
 >>> ds.X  # a dask array, one task per store chunk  # doctest: +SKIP
 """
 
-from pipeline._store import ChunkReadError, Dataset, default_chunk_rows, open, write
+from pipeline._atomic import kind_of
+from pipeline._store import (
+    ChunkReadError,
+    Dataset,
+    StoreChangedError,
+    default_chunk_rows,
+    open,
+    write,
+)
 
-__all__ = ["ChunkReadError", "Dataset", "default_chunk_rows", "open", "write"]
+__all__ = [
+    "ChunkReadError",
+    "Dataset",
+    "StoreChangedError",
+    "default_chunk_rows",
+    "kind_of",
+    "open",
+    "write",
+]

@@ -114,6 +114,43 @@ def test_save_is_atomic_and_refuses_to_overwrite(labelled, tmp_path, monkeypatch
         checkpoint.save(object(), tmp_path / "o.zarr")
 
 
+def test_save_never_replaces_a_store_or_a_users_directory(labelled, tmp_path, zarr_store):
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(*labelled)
+    with pytest.raises(FileExistsError, match="holds a pipeline store.*replaces only a pipeline model"):
+        est.save(zarr_store.path, overwrite=True)
+    assert len(pipeline.store.open(zarr_store.path).X.compute()) == len(zarr_store)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="thesis.tex"):
+        est.save(tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_load_blames_the_callers_mistakes_on_the_call_not_the_file(labelled, tmp_path):
+    import equinox as eqx
+
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(*labelled)
+    est.save(tmp_path / "m.zarr")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        pipeline.load(tmp_path / "m.zarr", foo=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'module'"):
+        pipeline.load(tmp_path / "m.zarr", module=print)
+    with pytest.raises(TypeError, match="cannot set alpha=.*set_params"):
+        pipeline.load(tmp_path / "m.zarr", alpha=1.0)
+
+    def build(n_in, n_out, *, key):
+        return eqx.nn.MLP(n_in, n_out, 4, 1, key=key)
+
+    def other(n_in, n_out, *, key):
+        return eqx.nn.MLP(n_in, n_out, 3, 2, key=key)
+
+    X = np.random.default_rng(0).normal(size=(30, 3)).astype("float32")
+    pipeline.NeuralNetRegressor(module=build, max_iter=1).fit(X, X[:, 0]).save(tmp_path / "n.zarr")
+    with pytest.raises(ValueError, match="code you passed.*does not fit the model saved"):
+        pipeline.load(tmp_path / "n.zarr", module=other)
+    assert pipeline.load(tmp_path / "n.zarr", module=build).predict(X).shape == (30,)
+
+
 def test_corrupt_or_edited_models_are_refused_clearly(labelled, tmp_path):
     import shutil
 
