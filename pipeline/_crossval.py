@@ -215,6 +215,7 @@ def _outer_record(out, error_score, return_train_score, nested):
             "fit_time": 0.0,
             "score_time": 0.0,
             "fit_error": out.text,
+            "score_errors": [],
             "estimator": None,
         }
         if return_train_score:

@@ -257,13 +257,41 @@ def _scores(scorer, est, X, y):
     return scorer(est, X) if y is None else scorer(est, X, y)
 
 
-@guarded
-def _score_fitted(spec, fitted, fits, X_test, y_test, X_train, y_train):
+def _scored(spec, est, X, y):
+    """``(scores, errors)`` of ``est`` on a fold, by scikit-learn's ``_score`` rule.
+
+    A scorer that raises (or a metric of a multimetric scorer that fails) scores
+    ``spec.error_score`` unless that is ``'raise'``: the fit did not fail, and the
+    formatted errors go back to the caller, who warns as scikit-learn does.
+    """
+    try:
+        scores = _scores(spec.scorer, est, X, y)
+    except Exception:
+        if spec.raise_errors:
+            raise
+        return spec.error_score, [traceback.format_exc()]
+    if not isinstance(scores, dict):
+        return scores, []
+    failed = {name: text for name, text in scores.items() if isinstance(text, str)}
+    return {**scores, **dict.fromkeys(failed, spec.error_score)}, list(failed.values())
+
+
+def _score_record(spec, est, X_test, y_test, X_train, y_train):
+    """Test (and train) scores of a fitted ``est``, their time and any scoring failures."""
     start = time.perf_counter()
-    out = {"test_scores": _scores(spec.scorer, fitted[0], X_test, y_test)}
+    out = {}
+    out["test_scores"], errors = _scored(spec, est, X_test, y_test)
     out["score_time"] = time.perf_counter() - start
     if spec.return_train_score:
-        out["train_scores"] = _scores(spec.scorer, fitted[0], X_train, y_train)
+        out["train_scores"], more = _scored(spec, est, X_train, y_train)
+        errors = errors + more
+    out["score_errors"] = errors
+    return out
+
+
+@guarded
+def _score_fitted(spec, fitted, fits, X_test, y_test, X_train, y_train):
+    out = _score_record(spec, fitted[0], X_test, y_test, X_train, y_train)
     out["fit_time"] = sum(f[2] for f in fits)
     return out
 
@@ -274,6 +302,7 @@ def evaluate(spec, fitted, fits, X_test, y_test, X_train, y_train):
     if isinstance(out, Failure):
         error = spec.error_score
         out = {"test_scores": error, "fit_time": 0.0, "score_time": 0.0, "fit_error": out.text}
+        out["score_errors"] = []
         if spec.return_train_score:
             out["train_scores"] = error
     else:
@@ -298,11 +327,7 @@ def refit(spec, choice, X, y, *params):
 def score_refit(spec, fitted, X_test, y_test, X_train, y_train):
     """The outer score of a nested CV fold (``cross_validate``'s record)."""
     est = fitted[0]
-    start = time.perf_counter()
-    out = {"test_scores": _scores(spec.scorer, est, X_test, y_test)}
-    out["score_time"] = time.perf_counter() - start
-    if spec.return_train_score:
-        out["train_scores"] = _scores(spec.scorer, est, X_train, y_train)
+    out = _score_record(spec, est, X_test, y_test, X_train, y_train)
     out["fit_time"] = fitted[1]
     out["estimator"] = est
     return out
@@ -469,9 +494,18 @@ def _aligned(value, n):
 
 
 def check_failures(outs, error_score):
-    """scikit-learn's warning (some fits failed) or error (all failed)."""
+    """scikit-learn's warnings (a scorer failed: UserWarning; some fits failed:
+    FitFailedWarning) or error (all fits failed), from the records ``outs``."""
     from sklearn.model_selection._validation import _warn_or_raise_about_fit_failures
 
+    for out in outs:
+        for text in out.get("score_errors") or ():
+            warnings.warn(
+                "Scoring failed. The score on this train-test partition for these "
+                f"parameters will be set to {error_score}. Details: \n{text}",
+                UserWarning,
+                stacklevel=3,
+            )
     _warn_or_raise_about_fit_failures(outs, error_score)
 
 

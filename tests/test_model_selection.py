@@ -151,6 +151,31 @@ def test_failing_candidates_follow_error_score(data, tmp_path):
         ms.GridSearchCV(est, {"rec__fail": [True]}, cv=3).fit(X, y)
 
 
+def _broken_scorer(est, X, y):
+    raise RuntimeError("scorer broke")
+
+
+@pytest.mark.filterwarnings("ignore:One or more of the test scores are non-finite")
+def test_a_failing_scorer_scores_error_score_as_sklearn(data):
+    X, y = data
+    est, grid = LogisticRegression(), {"C": [0.1, 1.0]}
+    for scoring, refit in ((_broken_scorer, True), ({"bad": _broken_scorer, "acc": "accuracy"}, "acc")):
+        kw = {"cv": 2, "scoring": scoring, "refit": refit}
+        with pytest.warns(UserWarning, match="Scoring failed(.|\n)*scorer broke"):
+            ours = ms.GridSearchCV(est, grid, **kw).fit(X, y)
+        with pytest.warns(UserWarning, match="Scoring failed"):
+            theirs = skms.GridSearchCV(est, grid, **kw).fit(X, y)
+        _same_results(ours.cv_results_, theirs.cv_results_)
+        assert set(ours.cv_results_) == set(theirs.cv_results_)
+        assert ours.best_index_ == theirs.best_index_
+    assert np.isnan(ours.cv_results_["mean_test_bad"]).all()
+    with pytest.warns(UserWarning, match="Scoring failed"):
+        scores = ms.cross_validate(est, X, y, cv=2, scoring=_broken_scorer)
+    assert np.isnan(scores["test_score"]).all()
+    with pytest.raises(RuntimeError, match="scorer broke"):
+        ms.GridSearchCV(est, grid, cv=2, scoring=_broken_scorer, error_score="raise").fit(X, y)
+
+
 def _blas_threads(spec):
     from threadpoolctl import threadpool_info
 
