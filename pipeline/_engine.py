@@ -55,7 +55,7 @@ from pipeline._netio import (
 )
 from pipeline._store import Dataset
 from pipeline._stream import chunks
-from pipeline._targets import classes_of, score_aggregate, score_chunk, target_table
+from pipeline._targets import classes_of, score_aggregate, score_chunk, score_combine, target_table
 
 __all__ = ["NeuralNetBase"]
 
@@ -609,7 +609,7 @@ class NeuralNetBase(BaseEstimator):
     def _streamed_score(self, X, Y, streamed, *, params=None, state=None):
         """The estimator's score over (X, Y), chunk by chunk: combine, then aggregate."""
         predictor = self._predictor(params, state)
-        total = 0.0
+        parts = []
         stream = chunks(
             X,
             Y,
@@ -623,8 +623,8 @@ class NeuralNetBase(BaseEstimator):
             for c in stream:
                 P = predictor(np.asarray(c.X[0], self._dtype))
                 Yc = np.where(c.mask[0][:, None], c.y[0], 0.0)
-                total = total + score_chunk(self._kind, P, Yc, c.X[0])
-        return score_aggregate(self._kind, total)
+                parts.append(score_chunk(self._kind, P, Yc, c.X[0]))
+        return score_aggregate(self._kind, score_combine(self._kind, parts))
 
     # -------------------------------------------------------------- scoring
 
