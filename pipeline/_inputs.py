@@ -85,7 +85,7 @@ def _to_numpy(obj, name):
         ) from None
 
 
-def _check_known_chunks(a, name):
+def check_known_chunks(a, name):
     """A dask array's length must be known to slice and count it."""
     if isinstance(a, da.Array) and any(math.isnan(n) for n in a.shape):
         raise ValueError(
@@ -221,7 +221,7 @@ def _pair_pieces(pairs, rows):
         yield x, yc
 
 
-def _as_array(obj, name):
+def as_array(obj, name):
     if obj is None:
         return obj
     _refuse_unsupported(obj, name)
@@ -262,11 +262,11 @@ def input_pieces(X, y, rows_hint):
             )
         _check_rows_type(rows_hint)  # the chunk size is checked at the first piece
         return _pair_pieces(X, rows_hint)
-    X, y = _as_array(X, "X"), _as_array(y, "y")
+    X, y = as_array(X, "X"), as_array(y, "y")
     if X.ndim == 0:
         raise ValueError("X must have a sample axis; got a 0-d array")
     _check_dtype(X.dtype, "X")
-    _check_known_chunks(X, "X")
+    check_known_chunks(X, "X")
     if X.shape[0] == 0:
         raise ValueError(f"X is empty: shape {tuple(X.shape)}")
     _check_features(X.shape, "X")
@@ -274,7 +274,7 @@ def input_pieces(X, y, rows_hint):
         _check_dtype(y.dtype, "y")
         if y.ndim not in (1, 2):
             raise ValueError(f"y must be 1-D or 2-D, got shape {tuple(y.shape)}")
-        _check_known_chunks(y, "y")
+        check_known_chunks(y, "y")
         _check_features(y.shape, "y")
         if y.shape[0] != X.shape[0]:
             raise ValueError(

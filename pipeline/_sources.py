@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline._datasets import locate_mnist, read_located_mnist
+from pipeline._inputs import as_array, check_known_chunks
 from pipeline._store import default_chunk_rows
 
 __all__ = ["CSVSource", "iter_array", "read_csv", "read_mnist", "read_npy"]
 
 CATEGORICAL_MODES = ("onehot", "codes")
-MAX_TARGET_LABELS = 100_000  # a string target with more distinct values is not a label
+EXACT_INTEGERS = 2**53  # integral float64 values up to this are exact int64 targets
 
 
 def _check_rows(chunk_rows):
@@ -58,7 +59,16 @@ def iter_array(X, y=None, *, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.n
     y_chunk : ndarray of shape (chunk_rows, ...) or None
     """
     rows = _check_rows(chunk_rows)
+    X, y = as_array(X, "X"), as_array(y, "y")
+    if X is None:
+        raise TypeError("X must be an array, got None")
+    if X.ndim == 0:
+        raise ValueError("X must have a sample axis; got a 0-d array")
+    check_known_chunks(X, "X")
+    check_known_chunks(y, "y")
     n = X.shape[0]
+    if y is not None and y.ndim == 0:
+        raise ValueError("y must have a sample axis; got a 0-d array")
     if y is not None and y.shape[0] != n:
         raise ValueError(f"X and y have different lengths: {n} and {y.shape[0]} samples")
     return _slices(X, y, n, rows)
@@ -157,6 +167,8 @@ def read_mnist(source=None, split: str = "train", *, chunk_rows: int | None = No
 
 def _expand(pattern):
     """The sorted files a path or glob names."""
+    if not isinstance(pattern, (str, os.PathLike)):
+        raise TypeError(f"pattern must be a path or glob (str or os.PathLike), got {pattern!r}")
     p = os.path.expanduser(os.fspath(pattern))
     files = [p] if os.path.isfile(p) else sorted(f for f in glob.glob(p) if os.path.isfile(f))
     if not files:
@@ -164,11 +176,38 @@ def _expand(pattern):
     return files
 
 
-def _header(file):
+_MALFORMED = (pd.errors.ParserError, UnicodeDecodeError)
+
+
+def _malformed(file, exc):
+    return ValueError(f"CSV file {file!r} is not valid CSV: {str(exc).strip()}")
+
+
+def _read(file, **kwargs):
+    """``pd.read_csv`` whose errors name the file."""
     try:
-        return list(pd.read_csv(file, nrows=0).columns)
+        return pd.read_csv(file, **kwargs)
     except pd.errors.EmptyDataError:
         raise ValueError(f"CSV file {file!r} is empty: it needs a header line") from None
+    except _MALFORMED as exc:
+        raise _malformed(file, exc) from None
+
+
+def _chunks(file, chunk_rows, **kwargs):
+    """The chunks of ``file``, a malformed line raising a ValueError that names the file."""
+    with _read(file, chunksize=chunk_rows, **kwargs) as reader:
+        while True:
+            try:
+                chunk = next(reader)
+            except StopIteration:
+                return
+            except _MALFORMED as exc:
+                raise _malformed(file, exc) from None
+            yield chunk
+
+
+def _header(file):
+    return list(_read(file, nrows=0).columns)
 
 
 def _common_columns(files):
@@ -190,35 +229,61 @@ def _is_numeric(dtype):
     return pd.api.types.is_numeric_dtype(dtype)
 
 
+def _text(s):
+    """Where a column's values are present and are not numbers (a boolean ndarray)."""
+    if _is_numeric(s.dtype):
+        return np.zeros(len(s), dtype=bool)
+    return (pd.to_numeric(s, errors="coerce").isna() & s.notna()).to_numpy()
+
+
+def _is_text_column(s, file, column):
+    """Whether a column's first chunk ``s`` is text (categorical) rather than numbers.
+
+    Text when more than half of its present values are not numbers; numbers when
+    all are (or none is present). Anything between is most likely a typo in a
+    numeric column: a ValueError names the first value that is not a number.
+    """
+    text = _text(s)
+    n_text, n_present = int(text.sum()), int(s.notna().sum())
+    if n_text * 2 > n_present:
+        return True
+    if n_text:
+        row = s.index[text][0]
+        raise ValueError(
+            f"{_where(file, row)}, column {column!r}: {s[row]!r} is not a number, but "
+            f"{n_present - n_text} of the {n_present} values in the first {len(s)} rows are "
+            "(a typo?). Fix the value, or name the column in categorical_columns to read "
+            "it as categories"
+        )
+    return False
+
+
 def _where(file, row):
     """Where a data row is: ``row`` counts from 0 after the header line."""
     return f"CSV file {file!r}, line {row + 2} (data row {row + 1})"
 
 
 class _TargetScan:
-    """Learn, chunk by chunk, whether a target column is numeric, integral, or labels."""
+    """Learn, chunk by chunk, a target column's labels, or whether its numbers are integral.
 
-    def __init__(self, name):
-        self.name, self.numeric, self.integral, self.labels = name, True, True, set()
+    ``numeric`` is given (False: the target is declared categorical) or decided by
+    the first chunk with rows, as for a feature column (:func:`_is_text_column`).
+    """
+
+    def __init__(self, name, numeric=None):
+        self.name, self.numeric, self.integral, self.labels = name, numeric, True, set()
 
     def update(self, s, file):
         if s.isna().any():
             raise ValueError(f"{_where(file, s.index[s.isna()][0])}: target {self.name!r} is empty")
-        num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
-        if self.numeric and np.isnan(num).any():
-            if self.labels is None:
-                raise ValueError(
-                    f"target column {self.name!r} has more than {MAX_TARGET_LABELS} distinct "
-                    f"numbers and a non-numeric value at {_where(file, s.index[np.isnan(num)][0])}"
-                )
-            self.numeric = False
+        if self.numeric is None and len(s):
+            self.numeric = not _is_text_column(s, file, self.name)
         if self.numeric:
-            whole = np.isfinite(num) & (num == np.round(num))
+            num = _numeric(s, file, self.name)
+            whole = np.isfinite(num) & (num == np.round(num)) & (np.abs(num) <= EXACT_INTEGERS)
             self.integral = self.integral and bool(whole.all())
-        if self.labels is not None:
+        else:
             self.labels.update(s.unique().tolist())
-            if self.numeric and len(self.labels) > MAX_TARGET_LABELS:
-                self.labels = None  # regression-like: stop keeping its values
 
 
 class CSVSource:
@@ -242,15 +307,20 @@ class CSVSource:
         if categorical not in CATEGORICAL_MODES:
             raise ValueError(f"categorical must be one of {CATEGORICAL_MODES}, got {categorical!r}")
         self.chunk_rows = _check_rows(chunk_rows)
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise ValueError(f"dtype must be a floating dtype (for NaN), got {self.dtype}")
-        self.pattern, self.target, self.mode = os.fspath(pattern), target, categorical
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.kind != "f":
+            raise ValueError(f"dtype must be a floating dtype (for NaN), got {self.dtype or dtype}")
         self.files = _expand(pattern)
+        self.pattern, self.target, self.mode = os.fspath(pattern), target, categorical
         self.columns = _common_columns(self.files)
         self._check_target()
-        cat_cols = self._categorical_columns(categorical_columns)
-        self._scan(cat_cols)
+        if not [c for c in self.columns if c != self.target]:
+            raise ValueError(f"CSV file {self.files[0]!r} has no feature columns: {self.columns}")
+        cat_cols, target_numeric = self._column_kinds(categorical_columns)
+        self._scan(cat_cols, target_numeric)
 
     def _check_target(self):
         if self.target is not None and self.target not in self.columns:
@@ -259,43 +329,49 @@ class CSVSource:
                 f"available columns: {self.columns}"
             )
 
-    def _categorical_columns(self, given):
-        """The given categorical columns, else the non-numeric ones of the first chunk."""
+    def _column_kinds(self, given):
+        """The categorical feature columns, and whether the target is numeric (None: unknown).
+
+        Declared ones if ``given``; else the feature columns whose first chunk is
+        text (see :func:`_is_text_column`), and the target is decided by the scan.
+        """
         features = [c for c in self.columns if c != self.target]
         if given is None:
-            sample = self._first_rows()
-            return [c for c in features if not _is_numeric(sample[c].dtype)]
+            file, sample = self._first_rows()
+            return [c for c in features if _is_text_column(sample[c], file, c)], None
         given = [given] if isinstance(given, str) else list(given)
-        unknown = [c for c in given if c not in features]
+        unknown = [c for c in given if c not in self.columns or c is None]
         if unknown:
             raise ValueError(
-                f"categorical_columns {unknown} are not feature columns of {self.files[0]!r}; "
-                f"feature columns: {features}"
+                f"categorical_columns {unknown} are not columns of {self.files[0]!r}; "
+                f"columns: {self.columns}"
             )
-        return [c for c in features if c in given]
+        target_numeric = None if self.target is None else self.target not in given
+        return [c for c in features if c in given], target_numeric
 
     def _first_rows(self):
-        """The first ``chunk_rows`` rows of the first file that has any."""
+        """The first file that has rows, and its first ``chunk_rows`` rows."""
         for file in self.files:
-            sample = pd.read_csv(file, nrows=self.chunk_rows)
+            sample = _read(file, nrows=self.chunk_rows)
             if len(sample):
                 break
-        return sample
+        return file, sample
 
-    def _scan(self, cat_cols):
+    def _scan(self, cat_cols, target_numeric):
         """First pass, over the categorical and target columns only."""
         seen = {c: set() for c in cat_cols}
-        scan = None if self.target is None else _TargetScan(self.target)
+        scan = None if self.target is None else _TargetScan(self.target, target_numeric)
         usecols = cat_cols + ([self.target] if scan else [])
         for file in self.files if usecols else []:
-            for chunk in pd.read_csv(file, usecols=usecols, dtype=str, chunksize=self.chunk_rows):
+            for chunk in _chunks(file, self.chunk_rows, usecols=usecols, dtype=str):
                 for c in cat_cols:
                     seen[c].update(chunk[c].dropna().unique().tolist())
                 if scan:
                     scan.update(chunk[self.target], file)
         self.categories = {c: sorted(v) for c, v in seen.items()}
         self._target_scan = scan
-        self.target_names = None if scan is None or scan.numeric else sorted(scan.labels)
+        labels = scan is not None and scan.numeric is False
+        self.target_names = sorted(scan.labels) if labels else None
 
     @property
     def feature_names(self) -> list[str]:
@@ -329,7 +405,7 @@ class CSVSource:
         str_cols = list(self.categories) + ([self.target] if self.target_names is not None else [])
         dtypes = {c: str for c in str_cols}
         for file in self.files:
-            for chunk in pd.read_csv(file, dtype=dtypes, chunksize=self.chunk_rows):
+            for chunk in _chunks(file, self.chunk_rows, dtype=dtypes):
                 if len(chunk):
                     yield self._features(chunk, file), self._labels(chunk, file)
 
@@ -340,7 +416,7 @@ class CSVSource:
             if c == self.target:
                 continue
             if c not in self.categories:
-                X[:, j] = _numeric(chunk[c], file, c)
+                X[:, j] = _fits(_numeric(chunk[c], file, c), self.dtype, chunk[c], file, c)
                 j += 1
                 continue
             codes = _codes(chunk[c], self.categories[c], file, c)
@@ -378,6 +454,19 @@ def _numeric(s, file, column):
     return num.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def _fits(num, dtype, s, file, column):
+    """``num`` unchanged if ``dtype`` holds its values without overflowing, else a ValueError."""
+    with np.errstate(over="ignore"):
+        overflow = np.isfinite(num) & ~np.isfinite(num.astype(dtype))
+    if overflow.any():
+        row = s.index[overflow][0]
+        raise ValueError(
+            f"{_where(file, row)}, column {column!r}: {str(s[row])!r} overflows {dtype} (max "
+            f"{np.finfo(dtype).max}); pass a wider dtype, e.g. dtype='float64'"
+        )
+    return num
+
+
 def _codes(s, categories, file, column):
     """Integer codes of a text column in ``categories`` order; -1 for a missing value."""
     codes = pd.Index(categories).get_indexer(s)
@@ -408,22 +497,23 @@ def read_csv(
         A CSV file, or a glob such as ``"data/part-*.csv"`` (files read in sorted
         order). All files must have the same columns (in any order).
     target : str, optional
-        Column holding y. Numbers stay numbers (int64 when all are integral, else
-        float64); text is encoded as int64 codes of the sorted labels
+        Column holding y. A numeric target (see "Column types") stays numbers:
+        int64 when all are integral (and at most 2**53), else float64. A
+        categorical target is encoded as int64 codes of its sorted labels
         (``target_names``). An empty target cell is an error.
     categorical : {"onehot", "codes"}
         How categorical columns become features: one 0/1 column per category
         (all zero for a missing value), or one column of integer codes (NaN for a
         missing value).
-    categorical_columns : list of str, optional
-        The categorical feature columns. By default, those that pandas does not
-        read as numeric in the first ``chunk_rows`` rows (of the first file that
-        has rows). All other feature columns must be numeric; missing values
-        become NaN.
+    categorical_columns : str or list of str, optional
+        The categorical columns; every other column is numeric. May name the
+        target, to read it as labels even when they look like numbers. By
+        default, inferred (see "Column types").
     chunk_rows : int
         Rows read per chunk.
     dtype : floating dtype
-        dtype of the X chunks.
+        dtype of the X chunks; a number it cannot hold (it would become inf) is
+        an error naming file, line and column.
 
     Returns
     -------
@@ -437,11 +527,27 @@ def read_csv(
     FileNotFoundError
         No file matches ``pattern``.
     ValueError
-        Unknown target or categorical column; files with different columns; text
-        in a numeric column (when iterating; the message names file, line, column).
+        Unknown target or categorical column; no feature column; files with
+        different columns or malformed lines; a numeric column with text in it
+        (a typo, most likely: the message names file, line, column and value).
 
     Notes
     -----
+    Column types. Unless ``categorical_columns`` is given, each column's type is
+    decided from its values in the first ``chunk_rows`` rows (of the first file
+    that has rows), missing values (empty, "NA", "nan", ...) not counted:
+
+    - all numbers (or no value at all): numeric;
+    - more than half not numbers: categorical;
+    - mostly numbers but some not: refused with a ValueError naming the first
+      value that is not a number, where it is, and the two ways out (fix the
+      value, or name the column in ``categorical_columns``). A typo such as
+      "2.x" in a numeric column never one-hot encodes the column.
+
+    A numeric column with text in a later row is refused the same way, when it
+    is read (while iterating; for the target, in the first pass). pandas' own
+    ``read_csv`` would read such a column as text instead.
+
     Categories must agree across chunks and files, so the reader first makes one
     cheap pass over only the categorical and target columns to collect them.
     """

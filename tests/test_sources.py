@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +44,19 @@ def test_iter_array_validates_on_call():
         sources.iter_array(np.zeros((10, 2)), np.zeros(9), chunk_rows=4)
     with pytest.raises(ValueError, match="chunk_rows must be a positive integer, got 0"):
         sources.iter_array(np.zeros((10, 2)), chunk_rows=0)
+    with pytest.raises(ValueError, match="X must have a sample axis; got a 0-d array"):
+        sources.iter_array(np.float64(1), chunk_rows=1)
+    with pytest.raises(TypeError, match="X must be an array, got None"):
+        sources.iter_array(None, chunk_rows=1)
+    x = da.ones((10, 2), chunks=5)
+    with pytest.raises(ValueError, match=r"unknown chunk sizes .*X.compute_chunk_sizes\(\)"):
+        sources.iter_array(x[x[:, 0] > 0], chunk_rows=4)
+
+
+def test_iter_array_takes_lists():
+    chunks = list(sources.iter_array([[1, 2], [3, 4], [5, 6]], [0, 1, 0], chunk_rows=2))
+    np.testing.assert_array_equal(chunks[1][0], [[5, 6]])
+    np.testing.assert_array_equal(chunks[0][1], [0, 1])
 
 
 # ----------------------------------------------------------------------------- read_npy
@@ -233,7 +247,7 @@ def test_read_csv_unknown_target(tmp_path):
 
 def test_read_csv_unknown_categorical_column(tmp_path):
     f = write_csv(tmp_path / "a.csv", CSV)
-    with pytest.raises(ValueError, match=r"categorical_columns \['shape'\] are not feature"):
+    with pytest.raises(ValueError, match=r"categorical_columns \['shape'\] are not columns of"):
         sources.read_csv(f, target="label", categorical_columns=["color", "shape"])
 
 
@@ -278,3 +292,63 @@ def test_read_csv_empty_target(tmp_path):
 def test_read_csv_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sources.read_csv(write_csv(tmp_path / "a.csv", CSV), **kwargs)
+
+
+# ------------------------------------------------------------------------- read_csv: column types
+
+
+def test_read_csv_typo_in_numeric_column_is_refused_not_one_hot_encoded(tmp_path):
+    f = write_csv(tmp_path / "a.csv", "x,y\n1.5,0\n2.x,1\n3,0\n")
+    where = r"a.csv', line 3 \(data row 2\), column 'x': '2.x' is not a number, but 2 of the 3"
+    with pytest.raises(ValueError, match=where + ".*name the column in categorical_columns"):
+        sources.read_csv(f)
+    src = sources.read_csv(f, categorical_columns=["x"])  # declared: its values are categories
+    assert src.feature_names == ["x=1.5", "x=2.x", "x=3", "y"]
+
+
+def test_read_csv_column_types_rule(tmp_path):
+    f = write_csv(tmp_path / "a.csv", "n,c,half,empty\n1,a,1,\nNA,b,x,\n3,7,2,\n4,d,y,\n")
+    with pytest.raises(ValueError, match=r"line 3 \(data row 2\), column 'half': 'x'"):
+        sources.read_csv(f)  # half numbers, half not: refused, not guessed
+    src = sources.read_csv(f, categorical_columns=["c", "half"])
+    assert src.feature_names[:4] == ["n", "c=7", "c=a", "c=b"]
+    assert src.feature_names[-1] == "empty"
+    g = write_csv(tmp_path / "b.csv", "n,c,empty\n1,a,\nNA,b,\n3,7,\n")
+    src = sources.read_csv(g)  # 'c' is mostly text: categorical; 'empty' has no value: numeric
+    assert src.feature_names == ["n", "c=7", "c=a", "c=b", "empty"]
+    h = write_csv(tmp_path / "h.csv", "x,y\n")
+    assert sources.read_csv(h).feature_names == ["x", "y"]  # no rows: numeric, not 0 features
+
+
+def test_read_csv_target_types(tmp_path):
+    f = write_csv(tmp_path / "a.csv", "x,y\n1,0\n2,1x\n3,0\n4,1\n")
+    with pytest.raises(ValueError, match=r"line 3 \(data row 2\), column 'y': '1x' is not a num"):
+        sources.read_csv(f, target="y")
+    src = sources.read_csv(f, target="y", categorical_columns=["y"])  # declared: labels
+    assert src.target_names == ["0", "1", "1x"] and collect(src)[1].tolist() == [0, 2, 0, 1]
+    g = write_csv(tmp_path / "b.csv", "x,y\n1,0\n2,1\n3,oops\n")
+    with pytest.raises(ValueError, match=r"b.csv', line 4 \(data row 3\), column 'y': 'oops'"):
+        sources.read_csv(g, target="y", chunk_rows=2)  # found by the first pass, not later
+    h = write_csv(tmp_path / "c.csv", "x,y\n1,12345678901234567890\n2,3\n")
+    y = collect(sources.read_csv(h, target="y"))[1]
+    assert y.dtype == np.float64 and y[0] == 12345678901234567890  # too big for int64: not wrapped
+
+
+def test_read_csv_value_that_overflows_dtype_is_refused(tmp_path):
+    f = write_csv(tmp_path / "a.csv", "x,y\n1,2\n70000,1\n")
+    src = sources.read_csv(f, dtype="float16")
+    with pytest.raises(ValueError, match=r"line 3 \(data row 2\), column 'x': '70000' overflows"):
+        list(src)
+
+
+def test_read_csv_malformed_and_bad_arguments_name_what(tmp_path):
+    f = write_csv(tmp_path / "a.csv", "x,y\n1,2\n3,4,5\n")
+    with pytest.raises(ValueError, match=r"a.csv' is not valid CSV: .*line 3"):
+        sources.read_csv(f)
+    g = write_csv(tmp_path / "b.csv", "y\n1\n")
+    with pytest.raises(ValueError, match=r"b.csv' has no feature columns: \['y'\]"):
+        sources.read_csv(g, target="y")
+    with pytest.raises(TypeError, match="pattern must be a path or glob .* got None"):
+        sources.read_csv(None)
+    with pytest.raises(ValueError, match="dtype must be a floating dtype .* got nope"):
+        sources.read_csv(f, dtype="nope")
