@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import _store
+from pipeline._inputs import check_chunk_rows
 
 __all__ = ["load_digits", "load_mnist", "make_classification_store"]
 
@@ -79,6 +80,8 @@ def locate_mnist(source, split):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if source is None:
         places = _search_dirs()
+    elif not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path (str or os.PathLike) or None, got {source!r}")
     else:
         p = Path(source).expanduser()
         if p.is_file():
@@ -284,7 +287,13 @@ def _chunk(seed, i, rows, design, n_features, n_classes, flip_y, dtype):
         rows_k = y == k
         informative[rows_k] += Z[rows_k] @ mixing[k]
     noise = rng.standard_normal((rows, n_features - n_inf - redundant.shape[1]))
-    X = np.concatenate([informative, informative @ redundant, noise], axis=1).astype(dtype)
+    with np.errstate(over="ignore"):
+        X = np.concatenate([informative, informative @ redundant, noise], axis=1).astype(dtype)
+    if not np.isfinite(X).all():
+        raise ValueError(
+            f"features overflow {np.dtype(dtype)} (max {np.finfo(dtype).max}): lower "
+            "class_sep or use a wider dtype"
+        )
     flip = rng.random(rows) < flip_y
     y[flip] = rng.integers(n_classes, size=int(flip.sum()))
     return X, y.astype(np.int64)
@@ -317,8 +326,12 @@ def _check_classification(
         raise ValueError(f"class_sep must be a finite number >= 0, got {class_sep!r}")
     if not (_is_real(flip_y) and 0 <= flip_y <= 1):
         raise ValueError(f"flip_y must be a number in [0, 1], got {flip_y!r}")
-    if np.dtype(dtype).kind != "f":
-        raise ValueError(f"dtype must be a floating dtype, got {np.dtype(dtype)}")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
+    if dtype.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     return n_informative
 
 
@@ -384,6 +397,7 @@ def make_classification_store(
     seed = _master_seed(random_state)
     rows = _store.default_chunk_rows((n_features,), dtype) if chunk_rows is None else chunk_rows
     rows = _check_int(rows, "chunk_rows", 1)
+    check_chunk_rows(rows, np.empty((0, n_features), dtype))  # before a chunk is drawn
     n_redundant = min(2, n_features - n_informative)
     design = _design(seed, n_informative, n_redundant, n_classes, class_sep)
     chunks = _chunks(seed, n_samples, rows, design, n_features, n_classes, flip_y, dtype)

@@ -116,12 +116,18 @@ def _check_rows_type(rows):
 def check_chunk_rows(rows, x, y=None):
     """Refuse ``chunk_rows`` whose chunks (of ``x`` or ``y``) could not be held in memory.
 
-    ``rows`` may be None (the default is always small); ``x`` and ``y`` need only
-    ``shape`` and ``dtype``.
+    ``rows`` may be None (the default: about 8 MB, at least one sample); ``x``
+    and ``y`` need only ``shape`` and ``dtype``.
     """
-    if _check_rows_type(rows) is None:
-        return None
+    _check_rows_type(rows)
     row_bytes = max(_row_bytes(a) for a in (x, y) if a is not None and a.ndim >= 1)
+    if row_bytes > MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"one sample takes {row_bytes:,} bytes (X's features of shape {tuple(x.shape[1:])}, "
+            f"{np.dtype(x.dtype)}), more than a chunk may hold: {MAX_CHUNK_BYTES:,} bytes (2 GiB)"
+        )
+    if rows is None:
+        return None
     if int(rows) * row_bytes > MAX_CHUNK_BYTES:
         raise ValueError(
             f"chunk_rows={int(rows):,} makes chunks of {int(rows) * row_bytes:,} bytes "
@@ -216,7 +222,7 @@ def _pair_pieces(pairs, rows):
     """Yield numpy ``(X, y)`` pieces from an iterable of pairs (or of X chunks)."""
     for i, item in enumerate(pairs):
         x, yc = _split_item(item, i)
-        if i == 0 and x.ndim >= 1 and (yc is None or yc.ndim >= 1):
+        if i == 0 and x.ndim >= 1:
             check_chunk_rows(rows, x, yc)
         yield x, yc
 

@@ -203,6 +203,11 @@ def test_load_mnist_missing_source(tmp_path):
         datasets.load_mnist(tmp_path)
 
 
+def test_load_mnist_source_not_a_path():
+    with pytest.raises(TypeError, match="source must be a path .* got 3"):
+        datasets.load_mnist(3)
+
+
 def test_load_mnist_bad_split(tmp_path):
     with pytest.raises(ValueError, match="split must be one of \\('train', 'test'\\), got 'valid'"):
         datasets.load_mnist(tmp_path, split="valid")
@@ -315,6 +320,10 @@ def test_make_classification_store_memory_flat(tmp_path):
         ({"dtype": "int32"}, "dtype must be a floating dtype, got int32"),
         ({"chunk_rows": 0}, "chunk_rows must be an integer >= 1, got 0"),
         ({"random_state": -3}, "random_state must be an integer >= 0, got -3"),
+        ({"dtype": "nope"}, "dtype must be a floating dtype, got 'nope'"),
+        ({"chunk_rows": 10**12}, "chunk_rows=1,000,000,000,000 makes chunks of .* <= "),
+        ({"n_features": 10**9}, "one sample takes 4,000,000,000 bytes"),
+        ({"dtype": "float16", "class_sep": 1e6}, r"features overflow float16 \(max 65504.0\)"),
     ],
 )
 def test_make_classification_store_validates(tmp_path, kwargs, message):

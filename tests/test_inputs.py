@@ -133,6 +133,13 @@ def test_huge_chunk_rows_is_refused_with_the_limit(tmp_path, fmt, pairs):
     assert os.listdir(tmp_path) == []
 
 
+def test_sample_larger_than_a_chunk_may_hold_is_refused(tmp_path):
+    X = da.zeros((2, 600_000_000), dtype=np.float32, chunks=(1, 10**6))  # never computed
+    with pytest.raises(ValueError, match="one sample takes 2,400,000,000 bytes"):
+        store.write(tmp_path / "s", X)
+    assert os.listdir(tmp_path) == []
+
+
 def test_bool_chunk_rows_is_refused(tmp_path):
     with pytest.raises(ValueError, match="chunk_rows must be a positive integer, got True"):
         store.write(tmp_path / "s", np.ones((4, 2)), chunk_rows=True)
