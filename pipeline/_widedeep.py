@@ -15,6 +15,7 @@ from numbers import Integral
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import scipy.sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 
@@ -31,39 +32,107 @@ def _is_frame(X):
 
 
 def _column_values(col):
-    """A column as comparable values: strings for text/object columns, else float64."""
+    """A column as comparable values, and where it is missing.
+
+    Text and object columns become strings, with None, NaN and pandas' NA missing;
+    integer columns stay integers; others become float64, with NaN missing. Missing
+    values encode as unknown.
+    """
     col = np.asarray(col)
-    return col.astype(str) if col.dtype.kind in "OUS" else col.astype(np.float64)
+    if col.dtype.kind == "O":
+        return col.astype(str), np.asarray(pd.isna(col), dtype=bool)
+    if col.dtype.kind in "USbiu":
+        return col.astype(str) if _is_text(col) else col, np.zeros(col.shape, dtype=bool)
+    values = col.astype(np.float64)
+    return values, np.isnan(values)
+
+
+def _is_text(a):
+    return a.dtype.kind in "OUS"
 
 
 def _categories(col):
-    """Sorted distinct values of one column, NaN left out (it encodes as unknown)."""
-    values = np.unique(_column_values(col))
-    return values[~np.isnan(values)] if values.dtype.kind == "f" else values
+    """Sorted distinct values of one column, missing values left out."""
+    values, missing = _column_values(col)
+    return np.unique(values[~missing])
 
 
-def _codes(col, categories):
-    """``1 + index`` of each value in ``categories``; 0 for values not among them."""
-    col, categories = _column_values(col), np.asarray(categories)
+def _comparable(categories, values, where):
+    """``categories`` in the kind of ``values``: numbers compare as text with a text
+    column; text categories cannot describe a numeric column."""
+    categories = np.asarray(categories)
+    if len(categories) == 0 or _is_text(categories) == _is_text(values):
+        return categories
+    if _is_text(values):
+        return np.unique(categories.astype(str))
+    raise TypeError(
+        f"{where} holds numbers ({values.dtype}), but its categories are text "
+        f"({categories[:3].tolist()}...): pass the column's values as they are in "
+        "categories=, or X with the same column types as in fit"
+    )
+
+
+def _codes(col, categories, where="the categorical column"):
+    """``1 + index`` of each value in ``categories``; 0 for missing values and values
+    not among them."""
+    values, missing = _column_values(col)
+    categories = _comparable(categories, values, where)
     if len(categories) == 0:
-        return np.zeros(len(col))
-    idx = np.searchsorted(categories, col)
-    hit = categories[np.minimum(idx, len(categories) - 1)] == col
+        return np.zeros(len(values))
+    idx = np.searchsorted(categories, values)
+    hit = (categories[np.minimum(idx, len(categories) - 1)] == values) & ~missing
     return np.where(hit, idx + 1, 0).astype(np.float64)
 
 
+def _numbers(out, positions):
+    """An object table as float64 (missing values as NaN), naming the columns that
+    hold text where numbers are needed."""
+    out = np.where(pd.isna(out), np.nan, out)
+    try:
+        return out.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        dense = [j for j in range(out.shape[1]) if j not in positions]
+        bad = [j for j in dense if not _is_numeric(out[:, j])]
+        raise ValueError(
+            f"X's column(s) {bad} hold values that are not numbers ({e}); name them in "
+            "categorical=, or encode them as numbers"
+        ) from e
+
+
+def _is_numeric(col):
+    try:
+        col.astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _encode_block(X, positions, categories):
-    """Categorical columns of one (numpy) block replaced by their codes."""
-    out = np.array(X, dtype=object if X.dtype.kind in "OUS" else np.float64)
+    """One (numpy) block as float64, its categorical columns replaced by their codes."""
+    X = np.asarray(X)
+    text = _is_text(X)
+    out = np.array(X, dtype=object if text else np.float64)
     for p, cats in zip(positions, categories, strict=True):
-        out[:, p] = _codes(X[:, p], cats)
-    return out
+        out[:, p] = _codes(X[:, p], cats, f"categorical column {p}")
+    return _numbers(out, positions) if text else out
+
+
+def _block_categories(X, positions):
+    """Each categorical column's distinct values in one block."""
+    return [_categories(X[:, p]) for p in positions]
+
+
+def _streamed_categories(X, positions):
+    """Each categorical column's categories, in one pass over the blocks of dask ``X``."""
+    blocks = X.rechunk({1: -1}).to_delayed().ravel()
+    found = dask.compute(*[dask.delayed(_block_categories)(b, positions) for b in blocks])
+    return [np.unique(np.concatenate([f[i] for f in found])) for i in range(len(positions))]
 
 
 def _encode_frame(X, positions, categories):
     X = X.copy()
     for p, cats in zip(positions, categories, strict=True):
-        X[X.columns[p]] = _codes(X.iloc[:, p], cats)
+        X[X.columns[p]] = _codes(X.iloc[:, p], cats, f"categorical column {X.columns[p]!r}")
     return X
 
 
@@ -97,7 +166,12 @@ class _WideDeep(Network):
 
     def _resolve_columns(self, X):
         """(positions of the categorical columns, crosses as indices among them)."""
-        n_features = X.shape[1] if X.ndim == 2 else 0
+        if X.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__} takes a table X of shape (n_samples, n_features); "
+                f"got X of shape {X.shape}"
+            )
+        n_features = X.shape[1]
         positions = tuple(self._position(c, X, n_features) for c in (self.categorical or ()))
         if len(set(positions)) != len(positions):
             raise ValueError(f"categorical names a column twice: {self.categorical!r}")
@@ -127,9 +201,9 @@ class _WideDeep(Network):
                     f"categories has {len(self.categories)} lists for {len(positions)} "
                     "categorical columns"
                 )
-            return [np.unique(_column_values(c)) for c in self.categories]
+            return [_categories(c) for c in self.categories]
         if isinstance(X, da.Array):
-            return [_categories(u) for u in dask.compute(*[da.unique(X[:, p]) for p in positions])]
+            return _streamed_categories(X, positions)
         cols = [X.iloc[:, p] if _is_frame(X) else X[:, p] for p in positions]
         return [_categories(c) for c in cols]
 
@@ -151,7 +225,9 @@ class _WideDeep(Network):
         if not positions or X.ndim != 2:
             return X
         if isinstance(X, da.Array):
-            return X.rechunk({1: -1}).map_blocks(_encode_block, positions, cats, dtype=np.float64)
+            return X.rechunk({1: -1}).map_blocks(
+                _encode_block, positions, cats, dtype=np.float64, meta=np.empty((0, 0))
+            )
         return (
             _encode_frame(X, positions, cats) if _is_frame(X) else _encode_block(X, positions, cats)
         )

@@ -159,7 +159,10 @@ def _broken_scorer(est, X, y):
 def test_a_failing_scorer_scores_error_score_as_sklearn(data):
     X, y = data
     est, grid = LogisticRegression(), {"C": [0.1, 1.0]}
-    for scoring, refit in ((_broken_scorer, True), ({"bad": _broken_scorer, "acc": "accuracy"}, "acc")):
+    for scoring, refit in (
+        (_broken_scorer, True),
+        ({"bad": _broken_scorer, "acc": "accuracy"}, "acc"),
+    ):
         kw = {"cv": 2, "scoring": scoring, "refit": refit}
         with pytest.warns(UserWarning, match="Scoring failed(.|\n)*scorer broke"):
             ours = ms.GridSearchCV(est, grid, **kw).fit(X, y)

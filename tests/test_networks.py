@@ -248,6 +248,29 @@ def test_wide_and_deep_by_position_on_numpy_and_dask():
         WideDeepClassifier(categorical=[1], crosses=[(1, 2)]).fit(A, y)
 
 
+def test_wide_and_deep_codes_missing_values_as_unknown_on_numpy_and_dask():
+    X = np.array([[0.1, "a"], [0.2, None], [0.3, "b"], [0.4, np.nan]] * 3, dtype=object)
+    y = np.array([0, 1, 0, 1] * 3)
+    kw = dict(categorical=[1], hidden_layer_sizes=(2,), max_iter=1, random_state=0)
+    est = WideDeepClassifier(**kw).fit(X, y)
+    assert [list(c) for c in est.categories_] == [["a", "b"]]  # no 'None' nor 'nan'
+    frame = pd.DataFrame({"x": X[:, 0].astype(float), "c": ["a", pd.NA, "b", None] * 3})
+    assert [list(c) for c in WideDeepClassifier(**kw).fit(frame, y).categories_] == [["a", "b"]]
+    unknown = np.array([[0.2, "never seen"], [0.4, "unseen"]], dtype=object)
+    np.testing.assert_array_equal(est.predict_proba(X[[1, 3]]), est.predict_proba(unknown))
+    lazy = WideDeepClassifier(**kw).fit(da.from_array(X, chunks=(5, 1)), y)  # object dask array
+    assert [list(c) for c in lazy.categories_] == [["a", "b"]]
+    np.testing.assert_allclose(
+        lazy.predict_proba(da.from_array(X, chunks=5)).compute(), est.predict_proba(X)
+    )
+    X[0, 0] = "oops"
+    for data in (X, da.from_array(X, chunks=5)):
+        with pytest.raises(ValueError, match=r"column\(s\) \[0\] hold values that are not numbers"):
+            WideDeepClassifier(**kw).fit(data, y)
+    with pytest.raises(TypeError, match="categorical column 1 holds numbers"):
+        WideDeepClassifier(**{**kw, "categories": [["a"]]}).fit(np.ones((12, 2)), y)
+
+
 # ------------------------------------------------------------------ your own module
 
 
