@@ -117,6 +117,10 @@ def check_arrays(schema, found, where):
             problems.append(f"dtype {np.dtype(real_dtype)}, the schema says {np.dtype(dtype)}")
         if rows != schema["chunk_rows"]:
             problems.append(f"chunks of {rows} rows, the schema says {schema['chunk_rows']}")
+        sums = (schema.get("checksums") or {}).get(name)
+        n_chunks = -(-schema["n_samples"] // schema["chunk_rows"])
+        if sums is not None and len(sums) != n_chunks:
+            problems.append(f"{len(sums)} chunk checksums, the schema's chunks are {n_chunks}")
         if problems:
             raise ValueError(
                 f"{where} is a corrupt pipeline store: array {name!r} has " + "; ".join(problems)

@@ -264,3 +264,72 @@ def test_dask_input_is_read_once_per_chunk_in_few_calls(tmp_path, zarr_store, mo
     copy = store.write(tmp_path / "copy.zarr", lazy, zarr_store.y, chunk_rows=100)
     assert len(reads) == 2 * 11  # X and y: each of the 11 source chunks once
     np.testing.assert_array_equal(copy.X.compute(), zarr_store.X.compute() * 2)
+
+
+def _edit_schema(path, fmt, **changes):
+    if fmt == "memmap":
+        schema = json.loads((path / "schema.json").read_text())
+        (path / "schema.json").write_text(json.dumps({**schema, **changes}))
+    else:
+        meta = json.loads((path / "zarr.json").read_text())
+        meta["attributes"]["pipeline"].update(changes)
+        (path / "zarr.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "memmap"])
+@pytest.mark.parametrize(
+    "edit",
+    [{"n_samples": 900}, {"dtype": "<f8"}, {"feature_shape": [1, 3]}, {"classes": [0, 1]},
+     {"chunk_rows": 50}],
+)
+def test_hand_edited_schemas_are_refused(tmp_path, xy, fmt, edit):
+    path = tmp_path / "s"
+    store.write(path, *xy, chunk_rows=100, format=fmt)
+    _edit_schema(path, fmt, **edit)
+    with pytest.raises(ValueError, match="edited or corrupt store metadata"):
+        store.open(path)
+    if "classes" not in edit:  # without a checksum (older stores) the arrays still disagree
+        if fmt == "memmap":
+            schema = json.loads((path / "schema.json").read_text())
+            del schema["checksum"]
+            (path / "schema.json").write_text(json.dumps(schema))
+        else:
+            meta = json.loads((path / "zarr.json").read_text())
+            del meta["attributes"]["pipeline"]["checksum"]
+            (path / "zarr.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="corrupt pipeline store: array 'X' has"):
+            store.open(path)
+
+
+def test_corrupt_memmap_chunk_names_array_and_chunk(tmp_path, xy):
+    ds = store.write(tmp_path / "m", *xy, chunk_rows=100, format="memmap")
+    offset = 4096 + 5 * 100 * 8  # y is int64: chunk 5 starts 500 rows in
+    with open(tmp_path / "m" / "y.npy", "r+b") as f:
+        f.seek(offset + 3)
+        byte = f.read(1)
+        f.seek(offset + 3)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    np.testing.assert_array_equal(ds.y.blocks[4].compute(), xy[1][400:500])
+    with pytest.raises(ChunkReadError, match=r"array 'y' chunk 5 \(rows 500-599\) is corrupt"):
+        ds.y.compute()
+    with pytest.raises(ChunkReadError, match="chunk 5"):
+        ds.y[550:551].compute()  # a slice inside the chunk is checked too
+
+
+def test_truncated_memmap_store_is_refused_on_open(tmp_path, xy):
+    store.write(tmp_path / "m", *xy, format="memmap")
+    with open(tmp_path / "m" / "X.npy", "r+b") as f:
+        f.truncate(5000)
+    with pytest.raises(ValueError, match="truncated"):
+        store.open(tmp_path / "m")
+
+
+def test_missing_fsspec_driver_is_named():
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install s3fs"):
+            store.open("s3://bucket/data.zarr")
+    else:
+        pytest.skip("s3fs is installed")
