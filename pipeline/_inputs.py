@@ -211,6 +211,12 @@ def _split_item(item, i):
             )
         x, yc = item
         return _to_numpy(x, f"X ({where})"), None if yc is None else _to_numpy(yc, f"y ({where})")
+    if isinstance(item, list) and len(item) == 2 and all(is_array(v) for v in item):
+        if item[0].shape[1:] != item[1].shape[1:]:  # not two rows of one X chunk
+            raise TypeError(
+                f"{where} is a list of two arrays of shapes {item[0].shape} and "
+                f"{item[1].shape}; yield an (X_chunk, y_chunk) pair as a tuple"
+            )
     if item is None or isinstance(item, (str, bytes, dict)):
         raise TypeError(
             f"{where} is a {type(item).__name__}; expected an array or an (X_chunk, y_chunk) pair"

@@ -163,6 +163,7 @@ def test_bool_chunk_rows_is_refused(tmp_path):
         (chunks((np.ones((2, 2)),) * 3), None, ValueError, "chunk 0 of the input is a tuple of 3"),
         (chunks(np.ones((2, 2)), None), None, TypeError, "chunk 1 of the input is a NoneType"),
         (chunks("abc"), None, TypeError, "chunk 0 of the input is a str"),
+        (chunks([np.ones((2, 2)), np.ones(2)]), None, TypeError, "pair as a tuple"),
         (chunks((np.ones((2, 0)), None)), None, ValueError, r"X \(chunk 0 of the input\) has no"),
         (chunks((np.ma.ones((2, 2)), None)), None, TypeError, r"X \(chunk 0 of the input\) is a m"),
     ],
