@@ -139,14 +139,18 @@ def write(
     X : array-like of shape (n_samples, *feature_shape), or iterable of (X_chunk, y_chunk)
         numpy arrays, ``np.memmap``, dask or zarr arrays; or an iterable of pairs
         of unknown total length (``y_chunk`` may be None, or a bare ``X_chunk``).
+        The first chunk sets the store's dtypes; a later chunk is cast only where
+        its values survive (same kind, in range), else ``ValueError`` naming it.
     y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
         Must be None when ``X`` is an iterable of pairs.
     chunk_rows : int, optional
         Samples per chunk; by default about 8 MB of X per chunk.
     format : {"zarr", "memmap"}
     overwrite : bool
-        Replace an existing store at ``path`` (never a directory that is not a store).
-        Locally the new store is renamed over the old one only once complete. On
+        Replace an existing store at ``path``; never anything else (a model, a
+        file, a directory of other files: ``FileExistsError`` before any work).
+        Locally the new store is swapped in for the old one in one step once
+        complete; of two writers to one new path exactly one wins. On
         non-local fsspec URLs (no rename there) the old store is removed first: a
         failed write then leaves nothing that opens, and the old data is gone.
     attrs : dict, optional
@@ -157,7 +161,8 @@ def write(
     Returns
     -------
     Dataset
-        The finished store, opened lazily.
+        The finished store, opened lazily: always this write's own (reads raise
+        :class:`StoreChangedError` once another write replaced it).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
