@@ -7,8 +7,11 @@ contiguous part, reads it from the store on its worker, and takes
 replicas are averaged, weighted by samples (:mod:`pipeline._replica`). Each
 epoch is submitted as one chain of pure tasks that starts from an anchor given
 by value, so a worker that dies costs at most a rerun of the epoch's lost tasks,
-never a different model. The client reads a few numbers per round (the loss),
-the state at the end of each epoch, and the state at each checkpoint.
+never a different model. Numpy data is scattered to every worker; should every
+copy of it be lost, the client scatters it again and reruns the epoch's rounds
+from the last state it read. The client reads a few numbers per round (the
+loss), the state at the end of each epoch, and the state at each checkpoint.
+A checkpoint names the data it was made on, and a resume on other data is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import copy
 import math
 import os
 import warnings
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,11 +33,10 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from pipeline import _replica, nn
+from pipeline._atomic import atomic_dir, check_destination, kind_of, local_path
 from pipeline._engine import CHUNK_ROWS, NeuralNetBase
 from pipeline._netio import to_numpy
 from pipeline._replica import Job, Round, Stored
-from pipeline._atomic import atomic_dir
-from pipeline._store import _local_path
 from pipeline._store import open as open_store
 from pipeline.checkpoint import (
     _open_model_group,
@@ -48,6 +51,8 @@ __all__ = ["fit"]
 
 CHECKPOINT = "pipeline-parallel-checkpoint"
 CHECKPOINT_VERSION = 1
+_RERUNS = 3  # reruns from one state the client holds before a lost epoch is given up
+_WAIT_FOR_WORKERS = 120  # seconds a fit that lost its workers waits for one to come back
 
 
 class _Progress(NamedTuple):
@@ -84,13 +89,14 @@ def fit(
     X : store path, Dataset, zarr array, dask array or array-like, shape (n_samples, ...)
         Stored data is read by the workers straight from the store (a local path
         or an fsspec URL the workers can reach), each its own part; numpy data is
-        scattered to the cluster once (it lives in the workers' memory, so losing a
-        worker loses it: a fit that must survive faults reads a store).
+        scattered to every worker (it lives in their memory: should all copies be
+        lost, the client scatters it again and reruns the epoch from the last state
+        it read, to the same model).
     y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
         Default: the store's targets.
     sample_weight : array-like of shape (n_samples,), optional
     client : distributed.Client, optional
-        Default: the active client.
+        An open, synchronous client. Default: the active client.
     n_workers : int, optional
         Replicas per round (default: the cluster's workers when the fit starts).
         The model depends on this number, not on which workers run the tasks.
@@ -106,8 +112,12 @@ def fit(
     checkpoint : str or os.PathLike, optional
         A local directory: a Zarr group written every ``checkpoint_every`` rounds
         and at the end (parameters, optimizer state, RNG key, round, stream
-        position). If it holds a checkpoint of the same fit, the fit resumes from
-        it, to the same final model.
+        position, the identity of the training data), replaced atomically. If it
+        holds a checkpoint of the same fit on the same data, the fit resumes from
+        it, to the same final model (a finished one is returned as it is); a
+        checkpoint of another fit or other data is refused. A path that holds
+        anything else (a file, a user's directory, another pipeline object) is
+        refused before any work starts; an empty directory is used.
     checkpoint_every : int, default=10
     verbose : bool, optional
         Show the dashboard link and a progress bar of rounds and loss (default:
@@ -117,13 +127,23 @@ def fit(
     -------
     estimator
         The fitted estimator.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments; a closed client; a checkpoint of another fit or other data.
+    ConnectionError
+        The client cannot reach its scheduler.
+    FileExistsError, PermissionError
+        ``checkpoint`` holds something that is not a parallel.fit checkpoint, or
+        cannot be written.
     """
     _check_estimator(estimator)
     client = _client(client)
-    k = _positive("n_workers", _n_workers(client) if n_workers is None else n_workers)
     af = _positive("averaging_frequency", averaging_frequency)
     every = _positive("checkpoint_every", checkpoint_every)
     target = None if checkpoint is None else _checkpoint_dir(checkpoint)
+    k = _positive("n_workers", _n_workers(client) if n_workers is None else n_workers)
     options = dict(
         n_workers=k,
         averaging_frequency=af,
@@ -153,19 +173,71 @@ def _client(client):
 
     if client is None:
         try:
-            return get_client()
+            client = get_client()
         except ValueError:
             raise ValueError(
                 "parallel.fit needs a dask cluster: pass client=Client(...) or start one "
                 "first, e.g. Client(LocalCluster(n_workers=2, threads_per_worker=1))"
             ) from None
     if not isinstance(client, Client):
-        raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+        hint = ""
+        if isinstance(client, str):
+            hint = f"; connect with distributed.Client({client!r})"
+        elif hasattr(client, "scheduler_address"):  # a cluster object
+            hint = "; connect with distributed.Client(cluster)"
+        raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}{hint}")
+    if client.asynchronous:
+        raise ValueError(
+            "parallel.fit blocks until the fit ends: pass a synchronous Client "
+            "(asynchronous=False), or call it in a thread (await asyncio.to_thread(...))"
+        )
+    _check_open(client)
     return client
 
 
+def _check_open(client, cause=None):
+    """Refuse a client that is closed or has lost its scheduler, saying which."""
+    if client.status == "running":
+        return
+    if client.status in ("closing", "closed"):
+        error = ValueError(
+            f"the dask Client is {client.status}: pass an open one (a Client closes with its "
+            "`with` block, client.close() or its cluster's close())"
+        )
+    else:
+        error = ConnectionError(
+            f"the dask Client is not connected to its scheduler ({_address(client)}, status "
+            f"{client.status!r}): is the cluster still running?"
+        )
+    raise error from cause
+
+
+def _address(client):
+    return getattr(client.scheduler, "address", None) or "address unknown"
+
+
+def _workers(client):
+    """The addresses of the cluster's workers, asked of its scheduler now."""
+    from distributed.comm.core import CommClosedError
+
+    try:
+        info = client.sync(client.scheduler.identity, n_workers=-1)
+    except (OSError, CommClosedError) as exc:
+        _check_open(client, exc)
+        raise ConnectionError(
+            f"cannot reach the dask scheduler at {_address(client)}: {exc}"
+        ) from exc
+    return sorted(info.get("workers", {}))
+
+
 def _n_workers(client):
-    return len(client.scheduler_info(n_workers=-1)["workers"])
+    n = len(_workers(client))
+    if n == 0:
+        raise ValueError(
+            "the dask cluster has no workers yet: start some (or wait for them, "
+            "client.wait_for_workers(n)), or pass n_workers"
+        )
+    return n
 
 
 def _positive(name, value):
@@ -175,11 +247,18 @@ def _positive(name, value):
 
 
 def _checkpoint_dir(path):
-    local = _local_path(path)
+    """The checkpoint's local path, checked before any work: it may hold nothing,
+    an empty directory or a parallel.fit checkpoint (resumed, then replaced)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be a path (str or os.PathLike), got {type(path).__name__}"
+        )
+    local = local_path(path)
     if local is None:
         raise ValueError(
             f"checkpoint must be a local directory (written atomically by renaming), got {path!r}"
         )
+    check_destination(local, "checkpoint", overwrite=True)
     return local
 
 
@@ -196,13 +275,12 @@ def _fit(est, data, client, options, target, every, verbose):
         train, val = est._split(data) if est.early_stopping else (data, None)
         job, start = _start(est, train, options)
         progress = _Progress()
-        if target is not None and _is_checkpoint(target):
-            start, progress = _resume(est, target, job, options)
+        if target is not None and kind_of(target) == "checkpoint":
+            start, progress = _resume(est, target, job, options, _identity(train, job))
         est.n_iter_ = getattr(est, "n_iter_", 0) if progress.rounds_done else 0
         if est.early_stopping and not hasattr(est, "_best_params"):
             est._best_params = to_numpy(start.params)
-        Xa, Ya = _ship(client, train)
-        run = _Run(client, job, Xa, Ya, options, target, every)
+        run = _Run(client, job, train, options, target, every)
         start = run.epochs(est, start, progress, train.n, val, verbose)
         est._store_carry(_engine_carry(start))
         if est.early_stopping:
@@ -260,17 +338,21 @@ def _start(est, train, options):
 
 
 def _data_token(train):
+    """The identity of the training data (features, targets, sample weights, after
+    the validation split): streamed data by its dask names (a store's come from its
+    uid), in-memory data by a hash of its content."""
     if train.streamed:
         return tokenize(train.X.name, train.Y.name)
     return tokenize(train.X, train.Y)
 
 
-def _ship(client, train):
-    """What tasks get as X and Y: a store's dask arrays as they are (each worker
-    reads its own chunks), numpy arrays scattered to the cluster once."""
+def _identity(train, job):
+    """What a checkpoint records of its data: the token, and the data in a few words."""
     if train.streamed:
-        return Stored(train.X), Stored(train.Y)
-    return client.scatter([train.X, train.Y], hash=False)
+        what = f"dask arrays {train.X.name} and {train.Y.name}"
+    else:
+        what = f"in-memory arrays of shapes {train.X.shape} and {train.Y.shape}, content hashed"
+    return {"token": job.data_token, "what": what}
 
 
 def _engine_carry(start):
@@ -283,12 +365,14 @@ class _Run:
     """The client's side of a fit: submits each epoch's rounds, reads their
     losses in order, keeps the books and writes the checkpoints."""
 
-    def __init__(self, client, job, X, Y, options, target, every):
-        self.client, self.job, self.X, self.Y = client, job, X, Y
+    def __init__(self, client, job, train, options, target, every):
+        self.client, self.job, self.train = client, job, train
+        self.identity = _identity(train, job)
         self.options, self.target, self.every = options, target, every
         self.k, self.af = options["n_workers"], options["averaging_frequency"]
         self.rounds = math.ceil(job.steps / (self.k * self.af))
-        self.workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        self.ship()
+        self.held = None  # (Round, _Progress): the last state the client read
         busy = math.ceil(job.steps / self.af)
         if busy < self.k:
             warnings.warn(
@@ -297,6 +381,17 @@ class _Run:
                 "replicas get data; lower averaging_frequency to train on all of them",
                 stacklevel=4,
             )
+
+    def ship(self):
+        """Hand the data to the cluster: a store's dask arrays as they are (each
+        worker reads its own chunks), numpy arrays scattered to every worker, so
+        that losing one worker loses no data."""
+        self.workers = _workers(self.client)
+        if self.train.streamed:
+            self.X, self.Y = Stored(self.train.X), Stored(self.train.Y)
+        else:
+            arrays = [self.train.X, self.train.Y]
+            self.X, self.Y = self.client.scatter(arrays, hash=False, broadcast=True)
 
     def home(self, replica):
         """The worker a replica prefers: each replica on its own (dask would put
@@ -338,7 +433,7 @@ class _Run:
             bar.close()
         if self.target is not None and not progress.finished:
             done = progress._replace(finished=1)
-            _save_checkpoint(self.target, est, start, done, self.job, self.options)
+            _save_checkpoint(self, est, start, done)
         return start
 
     def submit(self, epoch, begin, start):
@@ -371,27 +466,72 @@ class _Run:
         return futures
 
     def epoch(self, est, start, progress, bar):
+        """The rest of the epoch from ``start``: ``(start, progress)`` at its end.
+
+        Should the scattered data be lost with every worker that held it (or the
+        scheduler forget the fit's tasks), the round futures are cancelled: the
+        data is scattered again and the rounds rerun from the last state the
+        client read, to the same result (rounds are pure).
+        """
+        self.held, failures = (start, progress), 0
+        while True:
+            held = self.held
+            try:
+                return self.rounds_from(est, *held, bar)
+            except CancelledError as exc:
+                failures = failures + 1 if self.held is held else 1
+                self.recover(exc, failures, est._epochs_seen)
+                bar.n = est.n_iter_ + self.held[1].round / self.rounds
+
+    def rounds_from(self, est, start, progress, bar):
         epoch = est._epochs_seen
         futures = self.submit(epoch, progress.round, start)
         stats = [self.client.submit(_replica.summary, f) for f in futures]
         for r, (future, stat) in enumerate(zip(futures, stats, strict=True), progress.round):
-            loss, count, finite = stat.result()
-            if not finite:
-                raise ValueError(
-                    f"Input X contains NaN or infinity: found in round {r} of {self.rounds} of "
-                    f"epoch {epoch}. Clean or impute the data first (a lazy dask expression "
-                    "such as da.nan_to_num(X) works on streamed data)."
-                )
-            progress = _Progress(
-                r + 1, progress.loss_sum + loss, progress.count + count, progress.rounds_done + 1
-            )
-            bar.update(1 / self.rounds)
-            bar.set_postfix(round=progress.rounds_done, loss=f"{loss / count:.4g}")
+            progress = self.tally(epoch, r, progress, stat.result(), bar)
             if r + 1 == self.rounds or (self.target and progress.rounds_done % self.every == 0):
                 start = future.result()
+                self.held = (start, progress)
                 if self.target is not None and r + 1 < self.rounds:
-                    _save_checkpoint(self.target, est, start, progress, self.job, self.options)
+                    _save_checkpoint(self, est, start, progress)
         return start, progress
+
+    def tally(self, epoch, r, progress, summary, bar):
+        """``progress`` after round ``r``, whose ``(loss_sum, count, finite)`` was just read."""
+        loss, count, finite = summary
+        if not finite:
+            raise ValueError(
+                f"Input X contains NaN or infinity: found in round {r} of {self.rounds} of "
+                f"epoch {epoch}. Clean or impute the data first (a lazy dask expression "
+                "such as da.nan_to_num(X) works on streamed data)."
+            )
+        bar.update(1 / self.rounds)
+        bar.set_postfix(round=progress.rounds_done + 1, loss=f"{loss / count:.4g}")
+        return _Progress(
+            r + 1, progress.loss_sum + loss, progress.count + count, progress.rounds_done + 1
+        )
+
+    def recover(self, exc, failures, epoch):
+        """After a round was cancelled: ship the data again, or say why not."""
+        _check_open(self.client, exc)
+        if failures > _RERUNS:
+            raise RuntimeError(
+                f"parallel.fit: the rounds of epoch {epoch} were cancelled {failures} times in "
+                f"a row without progress ({exc}); are the workers dying?"
+            ) from exc
+        try:
+            self.client.wait_for_workers(1, timeout=_WAIT_FOR_WORKERS)
+        except TimeoutError as lost:
+            raise RuntimeError(
+                f"parallel.fit lost its workers and none came back in {_WAIT_FOR_WORKERS} s"
+            ) from lost
+        self.ship()
+        warnings.warn(
+            f"parallel.fit: epoch {epoch} lost its data or tasks ({exc}); the data is scattered "
+            f"again and the epoch reruns from round {self.held[1].round}, to the same model",
+            RuntimeWarning,
+            stacklevel=6,
+        )
 
 
 def _with_learning_rate(start, opt_state):
@@ -406,13 +546,10 @@ def _with_learning_rate(start, opt_state):
 # checkpoints: the estimator as a model group, plus the fit's progress
 
 
-def _is_checkpoint(target):
-    return (target / "zarr.json").exists()
-
-
-def _save_checkpoint(target, est, start, progress, job, options):
-    """Write the checkpoint next to ``target``, then rename it into place."""
-    with atomic_dir(target, "checkpoint", overwrite=True) as tmp:
+def _save_checkpoint(run, est, start, progress):
+    """Write the checkpoint of ``run`` beside its target, then swap it into place."""
+    job, options = run.job, run.options
+    with atomic_dir(run.target, "checkpoint", overwrite=True) as tmp:
         group = zarr.open_group(tmp, mode="a", zarr_format=3)
         snapshot = copy.copy(est)
         snapshot._store_carry(_engine_carry(start))
@@ -428,6 +565,7 @@ def _save_checkpoint(target, est, start, progress, job, options):
                 "batch_size": job.batch_size,
             },
             "job": _fingerprint(job, options),
+            "data": run.identity,
             "arrays": {"replicas": replicas, "best": best},
         }
 
@@ -444,8 +582,11 @@ def _fingerprint(job, options):
     }
 
 
-def _resume(est, target, job, options):
-    """The Round and progress a checkpoint holds; its books go into ``est``."""
+def _resume(est, target, job, options, identity):
+    """The Round and progress a checkpoint holds; its books go into ``est``.
+
+    A checkpoint written before data identities were recorded is resumed unchecked.
+    """
     try:
         meta = zarr.open_group(str(target), mode="r").attrs[CHECKPOINT]
     except (KeyError, ValueError, FileNotFoundError) as exc:
@@ -457,6 +598,14 @@ def _resume(est, target, job, options):
         raise ValueError(
             f"{target} holds a checkpoint of an estimator with other parameters; "
             "remove it or choose another checkpoint directory"
+        )
+    saved_data = meta.get("data")
+    if saved_data is not None and saved_data.get("token") != identity["token"]:
+        raise ValueError(
+            f"{target} holds a checkpoint of a fit on other data: it was made on "
+            f"{saved_data.get('what')} (identity {saved_data.get('token')}), this fit is on "
+            f"{identity['what']} (identity {identity['token']}); remove it or choose another "
+            "checkpoint directory"
         )
     now = _fingerprint(job, options)
     if meta["job"] != now:

@@ -1,5 +1,6 @@
 """pipeline.parallel: exactness against single-process training (DL4J's tests), the
-weighted average, a worker killed mid-fit, a resume after the client dies, bad input.
+weighted average, workers killed mid-fit, a resume after the client dies, checkpoints'
+data and destinations, bad input.
 
 One LocalCluster of 2 spawned worker processes serves the module."""
 
@@ -12,6 +13,7 @@ import threading
 import time
 import warnings
 
+import dask
 import dask.array as da
 import distributed
 import numpy as np
@@ -19,13 +21,14 @@ import pytest
 import zarr
 
 import pipeline
-from pipeline import parallel
+from pipeline import _parallel, parallel
 from pipeline._parallel import CHECKPOINT
 from pipeline._replica import Round, average
 from pipeline.estimators import MLPClassifier, MLPRegressor
 
 SMALL = dict(hidden_layer_sizes=(16,), max_iter=3, random_state=0)
 LONG = dict(hidden_layer_sizes=(32,), batch_size=20, max_iter=4, random_state=0, tol=0.0)
+TINY = dict(hidden_layer_sizes=(8,), batch_size=10, max_iter=3, random_state=0, tol=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,23 @@ def client():
     ) as cluster:
         with distributed.Client(cluster) as c:
             yield c
+
+
+@pytest.fixture
+def patient(client):
+    """The module's client, whose killed workers come back however slowly they
+    restart (a LocalCluster gives up on one not back within 15 s), and are all
+    back when the test ends."""
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"}):
+        yield client
+        client.wait_for_workers(2, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """120 samples of 8 features, two classes: 3 rounds an epoch with TINY, 2 workers, af 2."""
+    X = np.random.default_rng(0).normal(size=(120, 8)).astype("float32")
+    return X, (X[:, 0] + X[:, 1] > 0).astype(int)
 
 
 def _weights(est):
@@ -160,7 +180,7 @@ def _wait_for(path, rounds, alive=lambda: True, timeout=120):
         time.sleep(0.05)
 
 
-def test_a_worker_killed_mid_fit_changes_nothing(client, digits_store, reference, tmp_path):
+def test_a_worker_killed_mid_fit_changes_nothing(patient, digits_store, reference, tmp_path):
     path, result = tmp_path / "ck", {}
 
     def run():
@@ -177,12 +197,33 @@ def test_a_worker_killed_mid_fit_changes_nothing(client, digits_store, reference
     thread = threading.Thread(target=run)
     thread.start()
     _wait_for(path, 10, thread.is_alive)
-    pids = client.run(os.getpid)
+    pids = patient.run(os.getpid)
     os.kill(next(iter(pids.values())), signal.SIGKILL)  # its Nanny starts a new one
     thread.join(180)
     assert _rounds_done(path) > 10 and "est" in result
     _assert_same_model(result["est"], reference)
-    client.wait_for_workers(2, timeout=60)
+
+
+def test_numpy_data_survives_lost_workers(patient, tiny, monkeypatch):
+    # after round 1 of epoch 0 one worker dies (the other holds a copy of the data);
+    # after round 1 of epoch 1 every worker holding it dies: the client scatters it again
+    reference = parallel.fit(MLPClassifier(**TINY), *tiny, averaging_frequency=2)
+    faults = {(0, 1): 1, (1, 1): None}  # (epoch, round): how many workers to kill (None: all)
+    tally = _parallel._Run.tally
+
+    def tally_then_kill(run, epoch, r, *args):
+        progress = tally(run, epoch, r, *args)
+        if (epoch, r) in faults:
+            pids = list(patient.run(os.getpid, on_error="ignore").values())
+            for pid in pids[: faults.pop((epoch, r))]:
+                os.kill(pid, signal.SIGKILL)  # its Nanny starts a new one, without the data
+        return progress
+
+    monkeypatch.setattr(_parallel._Run, "tally", tally_then_kill)
+    with pytest.warns(RuntimeWarning, match="lost its data or tasks .* scattered again"):
+        est = parallel.fit(MLPClassifier(**TINY), *tiny, averaging_frequency=2)
+    assert not faults
+    _assert_same_model(est, reference)
 
 
 def test_resume_after_the_client_dies(client, digits_store, reference, tmp_path):
@@ -243,6 +284,74 @@ def test_resume_after_the_client_dies(client, digits_store, reference, tmp_path)
         )
 
 
+def test_a_checkpoint_names_its_data(client, tiny, tmp_path):
+    X, y = tiny
+    path, kw = tmp_path / "ck", dict(TINY, max_iter=1)
+    first = parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2, checkpoint=path)
+    data = zarr.open_group(str(path), mode="r").attrs[CHECKPOINT]["data"]
+    assert "in-memory arrays" in data["what"] and data["token"]
+    again = parallel.fit(  # numpy data is named by its content
+        MLPClassifier(**kw), X.copy(), y.copy(), averaging_frequency=2, checkpoint=path
+    )
+    _assert_same_model(again, first)
+    other = X.copy()
+    other[5, 2] += 1.0  # the same size, one value changed
+    for data in [(other, y), (X, 1 - y), (da.from_array(X, chunks=40), y)]:
+        with pytest.raises(ValueError, match="fit on other data: it was made on in-memory"):
+            parallel.fit(MLPClassifier(**kw), *data, averaging_frequency=2, checkpoint=path)
+    with pytest.raises(ValueError, match="other data"):  # sample weights are data too
+        w = np.full(len(y), 2.0)
+        parallel.fit(
+            MLPClassifier(**kw), X, y, sample_weight=w, averaging_frequency=2, checkpoint=path
+        )
+    group = zarr.open_group(str(path), mode="r+")  # a checkpoint written before identities:
+    meta = dict(group.attrs[CHECKPOINT])
+    del meta["data"]
+    group.attrs[CHECKPOINT] = meta
+    unchecked = parallel.fit(MLPClassifier(**kw), other, y, averaging_frequency=2, checkpoint=path)
+    _assert_same_model(unchecked, first)  # accepted as it is: it cannot be checked
+
+
+def test_checkpoint_destinations_are_checked_before_training(client, tiny, tmp_path):
+    X, y = tiny
+    thesis = tmp_path / "mydir"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("years of work")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    data = tmp_path / "data.zarr"
+    pipeline.store.write(data, X, y)
+    for path, what in [(thesis, "thesis.tex"), (notes, "a file"), (data, "a pipeline store")]:
+        est = MLPClassifier(**TINY)
+        with pytest.raises(FileExistsError, match=what):
+            parallel.fit(est, X, y, averaging_frequency=2, checkpoint=path)
+        assert not hasattr(est, "coefs_")
+    assert (thesis / "thesis.tex").read_text() == "years of work"
+    assert notes.read_text() == "mine"
+    assert pipeline.store.open(data).X.shape == X.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "mydir", "notes.txt"]
+    with pytest.raises(TypeError, match="checkpoint must be a path"):
+        parallel.fit(MLPClassifier(**TINY), X, y, checkpoint=5)
+    (tmp_path / "empty").mkdir()  # an empty directory is used
+    est = MLPClassifier(**dict(TINY, max_iter=1))
+    parallel.fit(est, X, y, averaging_frequency=2, checkpoint=tmp_path / "empty")
+    assert _rounds_done(tmp_path / "empty") == 3
+
+
+def test_unusable_clients(tiny):
+    X, y = tiny
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        with pytest.raises(TypeError, match=r"distributed.Client\(cluster\)"):
+            parallel.fit(MLPClassifier(**TINY), X, y, client=cluster)
+        with distributed.Client(cluster) as empty:
+            with pytest.raises(ValueError, match="no workers yet"):
+                parallel.fit(MLPClassifier(**TINY), X, y, client=empty)
+        closed = distributed.Client(cluster)
+        closed.close()
+        with pytest.raises(ValueError, match="Client is closed: pass an open one"):
+            parallel.fit(MLPClassifier(**TINY), X, y, client=closed)
+
+
 def test_bad_input(client, digits):
     X, y = digits[:2]
     with pytest.raises(TypeError, match="network estimators"):
@@ -251,7 +360,7 @@ def test_bad_input(client, digits):
         parallel.fit(MLPClassifier(solver="lbfgs"), X, y)
     with pytest.raises(ValueError, match="averaging_frequency must be an integer >= 1, got 0"):
         parallel.fit(MLPClassifier(), X, y, averaging_frequency=0)
-    with pytest.raises(TypeError, match="distributed.Client"):
+    with pytest.raises(TypeError, match=r"connect with distributed.Client\('tcp://nowhere'\)"):
         parallel.fit(MLPClassifier(), X, y, client="tcp://nowhere")
     with pytest.raises(ValueError, match="local directory"):
         parallel.fit(MLPClassifier(), X, y, checkpoint="s3://bucket/ck")
