@@ -487,7 +487,7 @@ def _dataset(path, location, schema):
         dask_arrays[name] = da.from_array(
             reader,
             chunks=(rows, *shape[1:]),
-            name=f"pipeline-store-{name}-{tokenize(location, schema['uid'], name)}",
+            name=f"pipeline-store-{name}-{tokenize(schema['uid'], name)}",  # the data, wherever it is
             asarray=False,
             fancy=False,
             meta=np.empty((0,) * len(shape), dtype=dtype),

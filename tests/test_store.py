@@ -87,6 +87,8 @@ def test_fsspec_memory_url():
 def test_same_store_same_graph_keys_different_store_different(tmp_path, zarr_store):
     again = store.open(zarr_store.path)
     assert again.X.name == zarr_store.X.name and again.y.name == zarr_store.y.name
+    relative = store.open(os.path.relpath(zarr_store.path))  # the same data, however named
+    assert relative.X.name == zarr_store.X.name
     other = store.write(tmp_path / "o.zarr", np.ones((5, 3)))
     assert other.X.name != zarr_store.X.name
 
