@@ -26,6 +26,7 @@ On non-local fsspec URLs (no rename there) the object is written in place; with
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import datetime
@@ -421,6 +422,31 @@ def _publish_plain(tmp, local, kind, overwrite):
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _settle_background_writes(timeout=10.0):
+    """Wait for zarr's writes still in flight after an interrupted call.
+
+    Zarr runs its I/O on an event loop in its own thread; a Ctrl-C in the thread
+    waiting for it leaves those writes going, and they would re-create files in a
+    partial directory just removed.
+    """
+    try:
+        from zarr.core import sync as zarr_sync
+
+        loop = zarr_sync.loop[0]
+    except (ImportError, AttributeError, IndexError):
+        return
+    if loop is None or not loop.is_running():
+        return
+
+    async def drain():
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
+
+
 @contextlib.contextmanager
 def atomic_dir(path, kind, *, overwrite=False, uid=None):
     """Write a pipeline object of ``kind`` to ``path`` atomically.
@@ -462,6 +488,7 @@ def atomic_dir(path, kind, *, overwrite=False, uid=None):
         _publish(tmp, local, kind, overwrite)
         _fsync_dir(local.parent)
     except BaseException:
+        _settle_background_writes()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:

@@ -17,6 +17,7 @@ import math
 import jax
 import numpy as np
 import zarr
+from sklearn.base import is_classifier
 
 from pipeline import nn
 from pipeline._atomic import atomic_dir, check_destination, local_path
@@ -281,7 +282,19 @@ def _check_given(cls, code, params, path):
             )
 
 
+def _check_class(cls, group, meta):
+    """A classifier's file holds its classes, a regressor's none: an edited class
+    name (in a file without a checksum) must not turn one into the other."""
+    if "n_features_in_" not in meta["fitted"]:
+        return  # unfitted: nothing to contradict
+    has_classes = "classes_" in meta["fitted"] or "classes" in group
+    if is_classifier(cls()) != has_classes:
+        holds = "a classifier's classes" if has_classes else "no classes"
+        raise ValueError(f"it names class {cls.__name__}, but holds {holds}")
+
+
 def _restore(cls, group, meta, given):
+    _check_class(cls, group, meta)
     params = {k: _tuples(_from_json(v)) for k, v in meta["params"].items()}
     est = cls(**{**params, **given})
     for k, v in meta["fitted"].items():

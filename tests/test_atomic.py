@@ -213,3 +213,38 @@ def test_a_reader_never_mixes_two_stores(tmp_path):
     with pytest.raises(store.StoreChangedError, match="open it again"):
         ds.X.blocks[0].compute()
     assert (store.open(path).X.compute() == 1).all()
+
+
+def test_a_write_interrupted_inside_zarr_leaves_no_partial_behind(tmp_path, monkeypatch):
+    """Ctrl-C while zarr's I/O thread writes: its writes in flight settle before the
+    partial directory is removed (they re-created it, never to be cleaned)."""
+    import time
+
+    from zarr.core import sync as zarr_sync
+
+    real = zarr_sync.sync
+    calls = []
+
+    def interrupted(coro, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # a chunk write under way in zarr's loop: Ctrl-C meanwhile
+            future = __import__("asyncio").run_coroutine_threadsafe(
+                _slow(coro), zarr_sync._get_loop()
+            )
+            del future
+            raise KeyboardInterrupt
+        return real(coro, *args, **kwargs)
+
+    async def _slow(coro):
+        await __import__("asyncio").sleep(0.3)
+        return await coro
+
+    monkeypatch.setattr(zarr_sync, "sync", interrupted)
+    for module in ("zarr.api.synchronous", "zarr.core.array", "zarr.core.group"):
+        mod = sys.modules.get(module)
+        if mod is not None and getattr(mod, "sync", None) is real:
+            monkeypatch.setattr(mod, "sync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(tmp_path / "s.zarr", np.ones((60, 3)), np.arange(60) % 2, chunk_rows=10)
+    time.sleep(0.6)  # long after the write in flight would have landed
+    assert os.listdir(tmp_path) == []

@@ -151,6 +151,21 @@ def test_load_blames_the_callers_mistakes_on_the_call_not_the_file(labelled, tmp
     assert pipeline.load(tmp_path / "n.zarr", module=build).predict(X).shape == (30,)
 
 
+def test_an_edited_class_is_refused_even_without_a_checksum(labelled, tmp_path):
+    for est, other in (
+        (MLPClassifier(hidden_layer_sizes=(4,), max_iter=1), "MLPRegressor"),
+        (MLPRegressor(hidden_layer_sizes=(4,), max_iter=1), "MLPClassifier"),
+    ):
+        y = labelled[1] if other == "MLPRegressor" else np.arange(len(labelled[0])) * 1.0
+        est.fit(labelled[0], y).save(tmp_path / "m.zarr", overwrite=True)
+        meta = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())
+        meta["attributes"]["pipeline-model"]["class"] = other
+        del meta["attributes"]["pipeline-model"]["checksum"]  # as a file from before checksums
+        (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=f"names class {other}, but holds"):
+            pipeline.load(tmp_path / "m.zarr")
+
+
 def test_corrupt_or_edited_models_are_refused_clearly(labelled, tmp_path):
     import shutil
 
