@@ -14,7 +14,9 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -87,6 +89,62 @@ def _caller_level():
 
 def _kind(spec):
     return dict(spec[1])["kind"]
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during training acts between two steps, never inside JAX.
+
+    A ``KeyboardInterrupt`` raised inside a jitted call abandons XLA work that
+    goes on in XLA's own threads: a compilation interrupted this way finishes
+    later against a client that interpreter exit has torn down (a segfault at
+    exit), and an interrupted step has already consumed the carry's donated
+    buffers. So while this context is active (in the main thread, where Python
+    handles signals), SIGINT only records itself; :meth:`check`, called after a
+    step or an epoch, hands it to the handler it replaced (by default Python's,
+    which raises ``KeyboardInterrupt``). Inside :meth:`waiting` (waiting for the
+    next chunk, no JAX work running) it is handed on at once. Chaining to the
+    replaced handler lets a caller that installed its own (the CLI) know.
+    """
+
+    def __init__(self):
+        self._previous = None
+        self._pending = None
+        self._waiting = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):  # leave SIG_IGN / SIG_DFL / foreign C handlers alone
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            if exc_type is None:
+                self.check()  # never lose a Ctrl-C: one after the last check acts here
+
+    def _handler(self, signum, frame):
+        self._pending = (signum, frame)
+        if self._waiting:
+            self.check()
+
+    def check(self):
+        """Hand on a SIGINT received since the last check (raises KeyboardInterrupt)."""
+        if self._pending is not None:
+            (signum, frame), self._pending = self._pending, None
+            self._previous(signum, frame)
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """A stretch where an interrupt may act at once (no JAX work in flight)."""
+        self.check()
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
 
 
 class NeuralNetBase(BaseEstimator):
@@ -284,8 +342,9 @@ class NeuralNetBase(BaseEstimator):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         self._check_solver_options()
-        with self._rollback(), local_on_worker():  # local: est.fit inside a cluster task
-            return self._fit_or_raise(X, y, sample_weight, first, incremental, classes)
+        # local: est.fit inside a cluster task; deferred: Ctrl-C never lands inside JAX
+        with self._rollback(), local_on_worker(), _DeferredInterrupt() as interrupt:
+            return self._fit_or_raise(X, y, sample_weight, first, incremental, classes, interrupt)
 
     @contextlib.contextmanager
     def _rollback(self):
@@ -298,16 +357,16 @@ class NeuralNetBase(BaseEstimator):
             vars(self).update(before)
             raise
 
-    def _fit_or_raise(self, X, y, sample_weight, first, incremental, classes):
+    def _fit_or_raise(self, X, y, sample_weight, first, incremental, classes, interrupt):
         data = self._validate_training(X, y, sample_weight, reset=first, classes=classes)
         with jax.enable_x64(data.X.dtype == np.float64 if first else self._dtype == "float64"):
             if first:
                 self._initialize(data)
             data = data._replace(X=self._cast(data.X))
             if self.solver == "lbfgs":
-                self._fit_lbfgs(data)
+                self._fit_lbfgs(data, interrupt)
             else:
-                self._fit_stochastic(data, incremental)
+                self._fit_stochastic(data, incremental, interrupt)
         self._check_finite_params()
         return self
 
@@ -396,7 +455,7 @@ class NeuralNetBase(BaseEstimator):
             state = nn.set_learning_rate(state, self.learning_rate_init)  # see _optimizer_spec
         return state
 
-    def _fit_stochastic(self, data, incremental):
+    def _fit_stochastic(self, data, incremental, interrupt):
         train, val = self._split(data) if self.early_stopping else (data, None)
         bs = self._batch_size(train.n)
         n_batches = max(1, math.ceil(CHUNK_ROWS / bs))
@@ -423,10 +482,23 @@ class NeuralNetBase(BaseEstimator):
             desc=type(self).__name__,
             bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]",
         )
+        # As scikit-learn's MLP: Ctrl-C before training starts raises KeyboardInterrupt
+        # (the fit is rolled back); during training it ends the fit with a warning and
+        # keeps the state of the last step (early stopping: the best so far, which before
+        # the first epoch ends is the starting point). A fit interrupted before its first
+        # epoch ends has n_iter_ 0, an empty loss_curve_ and no loss_, as scikit-learn's.
+        try:
+            interrupt.check()
+        except KeyboardInterrupt:
+            bar.close()
+            raise
+        interrupted = False
         try:
             for _ in range(epochs):
-                loss = self._epoch(step, carry, hyper, train, bs, n_batches, bar)
-                if self._end_epoch(loss, train.n, carry, val, bar) or incremental:
+                loss = self._epoch(step, carry, hyper, train, bs, n_batches, bar, interrupt)
+                stop = self._end_epoch(loss, train.n, carry, val, bar)
+                interrupt.check()
+                if stop or incremental:
                     break
             else:
                 warnings.warn(
@@ -436,12 +508,18 @@ class NeuralNetBase(BaseEstimator):
                     stacklevel=_caller_level(),
                 )
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=_caller_level())
+            interrupted = True
         finally:
             bar.close()
-        self._store_carry(carry)
+        self._store_carry(carry)  # waits for the steps in flight
         if self.early_stopping:
             self._export_params(self._best_params)
+        try:
+            interrupt.check()  # one that came after the last step is reported too
+        except KeyboardInterrupt:
+            interrupted = True
+        if interrupted:
+            warnings.warn("Training interrupted by user.", stacklevel=_caller_level())
 
     def _store_carry(self, carry):
         params, state, opt_state, key = carry
@@ -449,8 +527,9 @@ class NeuralNetBase(BaseEstimator):
         self._state, self._opt_state = to_numpy(state), to_numpy(opt_state)
         self._key = np.asarray(jax.random.key_data(key))
 
-    def _epoch(self, step, carry, hyper, train, batch_size, n_batches, bar):
-        """One pass over ``train``, updating ``carry`` in place; the mean training loss."""
+    def _epoch(self, step, carry, hyper, train, batch_size, n_batches, bar, interrupt):
+        """One pass over ``train``, updating ``carry`` in place; the mean training loss.
+        Ctrl-C (``interrupt``) acts while waiting for a chunk or between two steps."""
         stream = chunks(
             train.X,
             train.Y,
@@ -463,11 +542,16 @@ class NeuralNetBase(BaseEstimator):
         )
         metrics, total = [], len(stream)
         with stream:
-            for c in stream:
+            while True:
+                with interrupt.waiting():
+                    c = next(stream, None)
+                if c is None:
+                    break
                 *carry[:], m = step(*carry, c.X, c.y, c.mask, hyper)  # in place: an
                 # interrupted fit keeps the last state (the old buffers were donated)
                 metrics.append((m["loss_sum"], m["finite"]))  # no sync: the device runs ahead
                 bar.update(1 / total)
+                interrupt.check()
         losses, finite = zip(*jax.device_get(metrics), strict=True)
         if not all(finite):
             raise ValueError(
@@ -536,7 +620,7 @@ class NeuralNetBase(BaseEstimator):
             for m in (~held, held)
         )
 
-    def _fit_lbfgs(self, data):
+    def _fit_lbfgs(self, data, interrupt):
         if data.streamed:
             raise ValueError(
                 "solver='lbfgs' optimises the loss of the whole dataset at once and needs it in "
@@ -555,8 +639,11 @@ class NeuralNetBase(BaseEstimator):
             (loss, _), grads = objective(
                 unravel(jnp.asarray(v, self._dtype)), state, X, Y, mask, hyper
             )
-            return float(loss), np.asarray(jax.flatten_util.ravel_pytree(grads)[0], np.float64)
+            value = float(loss), np.asarray(jax.flatten_util.ravel_pytree(grads)[0], np.float64)
+            interrupt.check()  # Ctrl-C between two evaluations, never inside JAX
+            return value
 
+        # as scikit-learn's lbfgs, Ctrl-C raises KeyboardInterrupt (the fit is rolled back)
         res = scipy.optimize.minimize(
             fun,
             np.asarray(flat, np.float64),

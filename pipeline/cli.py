@@ -6,9 +6,12 @@ Also ``python -m pipeline ...``.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,14 +23,127 @@ SOURCE_HELP = (
     "a CSV file or glob ('data/*.csv'), a .npy file, 'mnist' or 'mnist:PATH', "
     "'digits', or 'synthetic:N_SAMPLES,N_FEATURES'"
 )
+CONNECT_TIMEOUT = 10.0  # seconds to reach a dask scheduler (distributed's default is 30)
+
+
+# ----------------------------------------------------------------------------- destinations
+
+
+def _location(path):
+    """Where ``path`` points, comparable with another: an absolute, symlink-resolved
+    ``Path`` for a local path, the URL without trailing slashes for an fsspec URL."""
+    from pipeline._atomic import local_path
+
+    local = local_path(path)
+    if local is None:
+        return str(path).rstrip("/")
+    return Path(os.path.abspath(local.expanduser())).resolve()
+
+
+def _inside(a, b):
+    """Whether location ``a`` is strictly inside location ``b``."""
+    if isinstance(a, Path) and isinstance(b, Path):
+        return b in a.parents
+    if isinstance(a, str) and isinstance(b, str):
+        return a.startswith(b + "/")
+    return False
+
+
+def _refuse_overlap(dest, dest_name, inputs):
+    """Refuse a destination that is, is inside, or holds one of ``inputs``
+    (``(name, path)`` pairs), naming both, before any work starts: writing it
+    would replace or remove the input."""
+    where = _location(dest)
+    for name, path in inputs:
+        if path is None:
+            continue
+        other = _location(path)
+        if where == other:
+            how = "is"
+        elif _inside(where, other):
+            how = "is inside"
+        elif _inside(other, where):
+            how = "holds"
+        else:
+            continue
+        raise ValueError(
+            f"{dest_name} {dest} {how} the {name} {path}: writing there would destroy "
+            "what is read; choose another path"
+        )
+
+
+class _Interrupts:
+    """Notice Ctrl-C even where a library turns it into a warning (``est.fit`` returns
+    the model trained so far, as scikit-learn's does): SIGINT is recorded, then handed
+    to the handler it replaced (Python's raises KeyboardInterrupt). Main thread only."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        self._previous(signum, frame)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _connect_timeout(value=None):
+    """Seconds to wait for a scheduler: ``value``, else $PIPELINE_CONNECT_TIMEOUT, else 10."""
+    if value is None:
+        value = os.environ.get("PIPELINE_CONNECT_TIMEOUT", CONNECT_TIMEOUT)
+        source = "PIPELINE_CONNECT_TIMEOUT"
+    else:
+        source = "--connect-timeout"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{source} must be a positive number of seconds, got {value!r}")
+    return value
+
+
+def _check_address(scheduler, option="--scheduler"):
+    if "://" not in scheduler:
+        raise ValueError(
+            f"{option} must be a distributed scheduler's address like tcp://host:8786, "
+            f"got {scheduler!r}"
+        )
+
+
+def _connect(scheduler, timeout=None):
+    """A ``distributed.Client`` of the scheduler at ``scheduler``, or a clear
+    ``ConnectionError`` after ``timeout`` seconds."""
+    from distributed import Client
+
+    timeout = _connect_timeout(timeout)
+    try:
+        return Client(scheduler, timeout=timeout)
+    except OSError as exc:  # distributed: "Timed out trying to connect to ... after N s"
+        raise ConnectionError(
+            f"cannot reach the dask scheduler at {scheduler} within {timeout:g} s ({exc}); "
+            "is it running, and is the address right? (--connect-timeout or "
+            "$PIPELINE_CONNECT_TIMEOUT sets the wait)"
+        ) from None
 
 
 def _parse_synthetic(spec):
     try:
         n, f = (int(v) for v in spec.split(":", 1)[1].split(","))
     except ValueError:
-        raise SystemExit(
-            f"pipeline ingest: bad synthetic source {spec!r}; expected synthetic:N_SAMPLES,N_FEATURES"
+        raise ValueError(
+            f"bad synthetic source {spec!r}; expected synthetic:N_SAMPLES,N_FEATURES"
         ) from None
     return n, f
 
@@ -43,10 +159,21 @@ def ingest(
     overwrite=False,
     progress=True,
 ):
-    """Write ``source`` to a store at ``dest``; return the opened Dataset."""
+    """Write ``source`` to a store at ``dest``; return the opened Dataset.
+
+    ``dest`` is checked before anything is read: it may not be, be inside, or hold
+    the source (or the ``target`` file), and it may hold only a store (replaced
+    with ``overwrite``).
+    """
     from pipeline import _datasets, _sources
+    from pipeline._atomic import check_destination
     from pipeline._store import write
 
+    inputs = [("source", p) for p in _source_paths(source)]
+    if target is not None and str(target).endswith(".npy"):
+        inputs.append(("target", target))
+    _refuse_overlap(dest, "DEST", inputs)
+    check_destination(dest, "store", overwrite=overwrite)
     common = dict(chunk_rows=chunk_rows, format=format, overwrite=overwrite, progress=progress)
     if source.startswith("synthetic:"):
         n, f = _parse_synthetic(source)
@@ -64,7 +191,18 @@ def ingest(
     if source.endswith(".csv") or "*" in source:
         reader = _sources.read_csv(source, target=target)
         return write(dest, reader, attrs=reader.attrs(), **common)
-    raise SystemExit(f"pipeline ingest: unknown source {source!r}; expected {SOURCE_HELP}")
+    raise ValueError(f"unknown source {source!r}; expected {SOURCE_HELP}")
+
+
+def _source_paths(source):
+    """The files ``ingest`` reads for ``source`` (none for built-in data)."""
+    if source.startswith("synthetic:") or source in ("digits", "mnist"):
+        return []
+    if source.startswith("mnist:"):
+        return [source.split(":", 1)[1]]
+    if "*" in source:
+        return sorted(glob.glob(source)) or [source]
+    return [source]
 
 
 def _cmd_ingest(args):
@@ -95,13 +233,6 @@ def _estimator(model, ds, **params):
     return (MLPClassifier if model == "mlp-classifier" else MLPRegressor)(**params)
 
 
-def _existing_parent(path):
-    path = Path(path).absolute().parent
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def _hidden(spec):
     try:
         sizes = tuple(int(v) for v in spec.split(","))
@@ -123,48 +254,60 @@ def train(
     scheduler=None,
     averaging_frequency=10,
     checkpoint=None,
+    connect_timeout=None,
     **params,
 ):
     """Fit a model on the store at ``store`` (streamed from disk) and save it to ``out``.
 
     With ``scheduler`` (a distributed scheduler's address, ``tcp://host:port``) the
     fit is :func:`pipeline.parallel.fit` on that cluster: one replica per worker,
-    averaged every ``averaging_frequency`` steps, checkpointed to ``checkpoint``.
+    averaged every ``averaging_frequency`` steps, checkpointed to ``checkpoint``;
+    the scheduler must answer within ``connect_timeout`` seconds (default 10).
+
+    ``out`` (and ``checkpoint``) are checked before any work: neither may be, be
+    inside or hold the store, and ``out`` may hold only a model (replaced with
+    ``overwrite``). A Ctrl-C during training raises ``KeyboardInterrupt`` and saves
+    nothing: ``out`` keeps what it held.
     """
-    from pipeline._store import _check_destination, _local_path
+    from pipeline._atomic import check_destination, local_path
     from pipeline._store import open as open_store
 
-    local = _local_path(out)  # fail before training, not after it
-    _check_destination(out, local, overwrite)
-    if local is not None and not os.access(_existing_parent(local), os.W_OK):
-        raise PermissionError(f"cannot write the model to {out}: {local.parent} is not writable")
+    # every argument and destination is checked before any work starts
+    sizes = _hidden(hidden)
+    if scheduler is None and checkpoint is not None:
+        raise ValueError("--checkpoint needs --scheduler: it checkpoints parallel training")
+    if scheduler is not None:
+        _check_address(scheduler)
+        connect_timeout = _connect_timeout(connect_timeout)
+    _refuse_overlap(out, "--out", [("training store", store)])
+    check_destination(out, "model", overwrite=overwrite)
+    if checkpoint is not None:
+        if local_path(checkpoint) is None:
+            raise ValueError(f"--checkpoint must be a local directory, got {checkpoint!r}")
+        _refuse_overlap(checkpoint, "--checkpoint", [("training store", store), ("--out", out)])
+        check_destination(checkpoint, "checkpoint", overwrite=True)  # this fit's is resumed
     ds = open_store(store)
     if ds.y is None:
         raise ValueError(f"{store} holds no target y; train needs labels or targets")
-    est = _estimator(model, ds, hidden_layer_sizes=_hidden(hidden), max_iter=epochs, **params)
-    if scheduler is None and checkpoint is not None:
-        raise ValueError("--checkpoint needs --scheduler: it checkpoints parallel training")
+    est = _estimator(model, ds, hidden_layer_sizes=sizes, max_iter=epochs, **params)
     t0 = time.perf_counter()
-    if scheduler is None:
-        est.fit(ds.X, ds.y)
-    else:
-        _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint)
+    with _Interrupts() as interrupts:
+        if scheduler is None:
+            est.fit(ds.X, ds.y)  # Ctrl-C: returns the model so far, with a warning
+        else:
+            _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint, connect_timeout)
+    if interrupts.seen:  # never save a model whose training was cut short
+        raise KeyboardInterrupt
     dt = time.perf_counter() - t0
     est.save(out, overwrite=overwrite)
     return est, ds, dt
 
 
-def _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint):
-    from distributed import Client
-
+def _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint, connect_timeout=None):
     from pipeline import parallel
 
-    if "://" not in scheduler:
-        raise ValueError(
-            f"--scheduler must be a distributed scheduler's address like tcp://host:8786, "
-            f"got {scheduler!r}"
-        )
-    with Client(scheduler) as client:
+    _check_address(scheduler)
+    with _connect(scheduler, connect_timeout) as client:
         parallel.fit(
             est,
             ds.X,
@@ -196,6 +339,7 @@ def _cmd_train(args):
         scheduler=args.scheduler,
         averaging_frequency=args.averaging_frequency,
         checkpoint=args.checkpoint,
+        connect_timeout=args.connect_timeout,
         **params,
     )
     n = est.n_iter_ * len(ds)
@@ -207,8 +351,19 @@ def _cmd_train(args):
 
 
 def evaluate(model, store):
-    """Metrics of a saved model on a store: a printable report (str) and a dict."""
+    """Metrics of a saved model on a store: a printable report (str) and a dict.
+
+    A classifier's report covers every class of the model and of the store: a class
+    the model was never trained on is reported (its recall is 0), with a warning that
+    the model cannot predict it. A classifier on continuous targets, or labels of
+    another type than the model's classes (text against numbers), is refused.
+    A regressor is scored with R², MAE and RMSE; on a store of class labels
+    (integer targets with a ``classes`` schema) these treat the labels as numbers,
+    which is right for counts or ratings and meaningless for categories, so a
+    warning says so; non-numeric labels are refused.
+    """
     from sklearn import metrics
+    from sklearn.utils.multiclass import type_of_target
 
     from pipeline._store import open as open_store
     from pipeline.checkpoint import load
@@ -217,15 +372,37 @@ def evaluate(model, store):
     if ds.y is None:
         raise ValueError(f"{store} holds no target y to evaluate against")
     y_true = ds.y.compute()
-    y_pred = est.predict(ds.X).compute()
+    name = type(est).__name__
     if not hasattr(est, "classes_"):
+        if y_true.dtype.kind not in "biuf":
+            raise ValueError(
+                f"{model} is a regressor ({name}), but {store} holds labels of dtype "
+                f"{y_true.dtype}: a regressor cannot be scored on them; evaluate a classifier"
+            )
+        if ds.classes is not None:
+            warnings.warn(
+                f"{store} holds class labels ({len(ds.classes)} classes), but {model} is a "
+                f"regressor ({name}): R², MAE and RMSE treat the labels as numbers, which "
+                "means nothing for categories; evaluate a classifier on this store, or this "
+                "model on a store of continuous targets",
+                UserWarning,
+                stacklevel=2,
+            )
+        y_pred = est.predict(ds.X).compute()
         scores = {
             "r2": metrics.r2_score(y_true, y_pred),
             "mae": metrics.mean_absolute_error(y_true, y_pred),
             "rmse": metrics.root_mean_squared_error(y_true, y_pred),
         }
         return "\n".join(f"{k:>5}  {v:.4f}" for k, v in scores.items()), scores
-    labels = est.classes_
+    labels = _report_labels(est, model, store, y_true, type_of_target(y_true))
+    y_pred = est.predict(ds.X).compute()
+    if y_true.ndim > 1:  # multilabel: one row per label, no single confusion matrix
+        report = metrics.classification_report(
+            y_true, y_pred, target_names=[str(c) for c in labels], digits=4, zero_division=0
+        )
+        acc = metrics.accuracy_score(y_true, y_pred)
+        return f"accuracy {acc:.4f} on {len(y_true):,} samples\n\n{report}", {"accuracy": acc}
     report = metrics.classification_report(y_true, y_pred, labels=labels, digits=4, zero_division=0)
     cm = metrics.confusion_matrix(y_true, y_pred, labels=labels)
     acc = metrics.accuracy_score(y_true, y_pred)
@@ -239,7 +416,42 @@ def evaluate(model, store):
         for c, r in zip(labels, cm, strict=True)
     ]
     text = f"accuracy {acc:.4f} on {len(y_true):,} samples\n\n{report}\n" + "\n".join(rows)
-    return text, {"accuracy": acc, "confusion_matrix": cm}
+    return text, {"accuracy": acc, "confusion_matrix": cm, "labels": labels}
+
+
+def _report_labels(est, model, store, y_true, target_type):
+    """The classes a classifier's report covers: the model's and the store's."""
+    name, classes = type(est).__name__, np.asarray(est.classes_)
+    if target_type in ("continuous", "continuous-multioutput"):
+        raise ValueError(
+            f"{model} is a classifier ({name}), but {store} holds continuous targets "
+            f"(dtype {y_true.dtype}, e.g. {y_true.ravel()[:3].tolist()}); evaluate a "
+            "regressor on it"
+        )
+    if y_true.ndim > 1:
+        return classes
+    numeric = lambda a: a.dtype.kind in "biuf"  # noqa: E731
+    if numeric(classes) != numeric(y_true):
+        raise ValueError(
+            f"{model} predicts classes {_shown(classes)} ({classes.dtype}), but {store} holds "
+            f"labels {_shown(np.unique(y_true))} ({y_true.dtype}): they cannot match"
+        )
+    labels = np.union1d(classes, np.unique(y_true))
+    unseen = np.setdiff1d(labels, classes)
+    if len(unseen):
+        warnings.warn(
+            f"{store} holds {len(unseen)} class(es) {model} was never trained on: "
+            f"{_shown(unseen)}; the model cannot predict them (their recall is 0). They are "
+            "in the report and the confusion matrix",
+            UserWarning,
+            stacklevel=3,
+        )
+    return labels
+
+
+def _shown(values, n=10):
+    values = [v.item() if hasattr(v, "item") else v for v in values]
+    return str(values[:n])[:-1] + (", ...]" if len(values) > n else "]")
 
 
 def _grid(specs):
@@ -274,16 +486,25 @@ def search(
     scheduler=None,
     out=None,
     overwrite=False,
+    connect_timeout=None,
     **params,
 ):
     """Grid search (or nested CV) of a model over the store at ``store``, one dask graph.
 
     ``scheduler`` is None (threads), a scheduler name, or a distributed scheduler's
-    address (then the search runs there as a cluster job).
+    address (then the search runs there as a cluster job; it must answer within
+    ``connect_timeout`` seconds, default 10). ``out`` is checked before any work, as
+    :func:`train` checks it; a Ctrl-C saves nothing.
     """
+    from pipeline._atomic import check_destination
     from pipeline._store import open as open_store
     from pipeline.model_selection import GridSearchCV, nested_cross_validate
 
+    if out is not None:
+        _refuse_overlap(out, "--out", [("training store", store)])
+        check_destination(out, "model", overwrite=overwrite)
+    if scheduler is not None and "://" in scheduler:
+        connect_timeout = _connect_timeout(connect_timeout)
     ds = open_store(store)
     if ds.y is None:
         raise ValueError(f"{store} holds no target y; search needs labels or targets")
@@ -293,9 +514,7 @@ def search(
         raise ValueError(f"--param names no parameter of {type(est).__name__}: {sorted(unknown)}")
     client = None
     if scheduler is not None and "://" in scheduler:
-        from distributed import Client
-
-        client = scheduler = Client(scheduler)
+        client = scheduler = _connect(scheduler, connect_timeout)
     try:
         if nested:
             result = nested_cross_validate(
@@ -310,7 +529,10 @@ def search(
             )
             return result, result.report()
         found = GridSearchCV(est, grid, cv=cv, scoring=scoring, scheduler=scheduler)
-        found.fit(ds.X, ds.y)
+        with _Interrupts() as interrupts:
+            found.fit(ds.X, ds.y)
+        if interrupts.seen:  # a refit cut short by Ctrl-C is never saved
+            raise KeyboardInterrupt
         if out is not None:
             found.best_estimator_.save(out, overwrite=overwrite)
         return found, found.report()
@@ -338,6 +560,7 @@ def _cmd_search(args):
             scheduler=args.scheduler,
             out=args.out,
             overwrite=args.overwrite,
+            connect_timeout=args.connect_timeout,
             random_state=args.random_state,
         )
     with pd.option_context("display.width", 120, "display.max_columns", 20):
@@ -411,6 +634,15 @@ def _cmd_demo(args):
         print("   the stores and the model are removed on exit")
 
 
+_CONNECT_TIMEOUT_ARG = dict(
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="with a tcp:// --scheduler: how long to wait for it "
+    "(default $PIPELINE_CONNECT_TIMEOUT or 10)",
+)
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -457,6 +689,7 @@ def _parser():
     tr.add_argument(
         "--checkpoint", default=None, help="with --scheduler: a directory to checkpoint and resume"
     )
+    tr.add_argument("--connect-timeout", **_CONNECT_TIMEOUT_ARG)
     tr.set_defaults(func=_cmd_train)
     se = sub.add_parser("search", help="grid search or nested CV of a model over a store")
     se.add_argument("store", help="the training store (a directory or an fsspec URL)")
@@ -480,8 +713,15 @@ def _parser():
     se.add_argument("--random-state", type=int, default=0)
     se.add_argument("--out", default=None, help="save the best model there (a Zarr group)")
     se.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    se.add_argument("--connect-timeout", **_CONNECT_TIMEOUT_ARG)
     se.set_defaults(func=_cmd_search)
-    ev = sub.add_parser("evaluate", help="report a saved model's metrics on a store")
+    ev = sub.add_parser(
+        "evaluate",
+        help="report a saved model's metrics on a store",
+        description="A classifier's report covers its classes and the store's (a class the "
+        "model never saw is reported, with a warning); a classifier on continuous targets "
+        "is refused; a regressor on class labels is scored with a warning.",
+    )
     ev.add_argument("model", help="a model saved by pipeline train or est.save")
     ev.add_argument("store", help="a store with targets")
     ev.set_defaults(func=_cmd_evaluate)
@@ -493,12 +733,65 @@ def _parser():
     return p
 
 
+# the library's errors that come from what the user asked for: exit 2, one line
+USAGE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ValueError,
+    TypeError,
+)
+
+
+def _failures():
+    """Errors of the data or the environment, not of the command line: exit 1, one line
+    (a corrupt chunk, a store replaced while read, an unreachable scheduler, a full disk,
+    a missing fsspec driver)."""
+    from pipeline._store import ChunkReadError, StoreChangedError
+
+    return (ChunkReadError, StoreChangedError, OSError, ImportError)
+
+
+def _interrupted(args):
+    """What a Ctrl-C left, in a few words."""
+    dest = getattr(args, "out", None) or getattr(args, "dest", None)
+    if args.command in ("train", "search", "ingest"):
+        kept = f"; {dest} is as it was" if dest else ""
+        return f"interrupted: nothing was saved{kept}"
+    return "interrupted"
+
+
+def _show_warning(prefix):
+    def show(message, category, filename, lineno, file=None, line=None):
+        kind = "warning" if category is UserWarning else category.__name__
+        print(f"{prefix}: {kind}: {message}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv=None):
-    """Entry point of the ``pipeline`` console script."""
+    """Entry point of the ``pipeline`` console script.
+
+    Returns the exit status: 0, 2 for a usage error (bad arguments, a missing input,
+    a destination that is refused), 1 for a failure (a corrupt or replaced store, an
+    unreachable scheduler, another I/O error), 130 after Ctrl-C. Errors are one line
+    on stderr, ``pipeline COMMAND: error: ...``.
+    """
     args = _parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (FileNotFoundError, FileExistsError, PermissionError, ValueError, TypeError) as exc:
-        print(f"pipeline {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    prefix = f"pipeline {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning(prefix)
+        try:
+            args.func(args)
+        except KeyboardInterrupt:
+            print(f"{prefix}: {_interrupted(args)}", file=sys.stderr)
+            return 130
+        except USAGE_ERRORS as exc:
+            print(f"{prefix}: error: {exc}", file=sys.stderr)
+            return 2
+        except _failures() as exc:
+            print(f"{prefix}: error: {exc}", file=sys.stderr)
+            return 1
     return 0
