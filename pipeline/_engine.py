@@ -109,6 +109,7 @@ class _DeferredInterrupt:
     def __init__(self):
         self._previous = None
         self._pending = None
+        self._raised = None  # raised while waiting, not yet seen to end the wait
         self._waiting = False
 
     def __enter__(self):
@@ -128,7 +129,11 @@ class _DeferredInterrupt:
     def _handler(self, signum, frame):
         self._pending = (signum, frame)
         if self._waiting:
-            self.check()
+            try:
+                self.check()
+            except KeyboardInterrupt:
+                self._raised = (signum, frame)
+                raise
 
     def check(self):
         """Hand on a SIGINT received since the last check (raises KeyboardInterrupt)."""
@@ -140,11 +145,16 @@ class _DeferredInterrupt:
     def waiting(self):
         """A stretch where an interrupt may act at once (no JAX work in flight)."""
         self.check()
-        self._waiting = True
+        self._waiting, self._raised = True, None
         try:
             yield
+        except KeyboardInterrupt:
+            self._raised = None
+            raise
         finally:
             self._waiting = False
+        if self._raised is not None:  # swallowed (raised inside a finalizer): hand it on again
+            self._pending, self._raised = self._raised, None
 
 
 class NeuralNetBase(BaseEstimator):
