@@ -8,11 +8,13 @@ each reshaped to ``(n_batches, batch_size, *features)`` for one jitted
 ``lax.scan``. Only the last chunk of an epoch is padded; its ``mask`` marks the
 real samples. A background thread reads ``prefetch`` chunks ahead through dask
 (one task per store chunk), so reads overlap the consumer's compute, and the
-order never depends on how fast anything runs.
+order never depends on how fast anything runs. A stream's ``state()`` names the
+data it reads (:func:`data_identity`), and a resume on other data is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
@@ -21,12 +23,13 @@ from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from pipeline._graph import BlockGraph
 from pipeline._inputs import blocks_of, default_chunk_rows, lazy_view
 from pipeline._store import Dataset
 
-__all__ = ["Chunk", "ChunkStream", "chunks", "epoch_order"]
+__all__ = ["Chunk", "ChunkStream", "chunks", "data_identity", "epoch_order"]
 
 
 class Chunk(NamedTuple):
@@ -158,12 +161,20 @@ class _Prefetcher:
         return self.queue.get()
 
     def stop(self):
+        """Stop reading ahead and wait until the thread has ended: on every path, a
+        Ctrl-C meanwhile included (it is raised once the thread is gone), so no read is
+        left running into interpreter exit."""
         self.stop_event.set()
+        interrupted = None
         while self.thread.is_alive():
             try:
                 self.queue.get(timeout=0.05)
             except queue.Empty:
                 pass
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
 
 class ChunkStream:
@@ -171,11 +182,12 @@ class ChunkStream:
 
     ``len(stream)`` is the number of chunks still to come; ``stream.state()`` a
     small dict from which ``chunks(..., state=...)`` yields exactly the chunks
-    this stream has not yet yielded.
+    this stream has not yet yielded, from the same data.
     """
 
-    def __init__(self, items, *, config, total, position, prefetch):
+    def __init__(self, items, *, config, total, position, prefetch, identity=None):
         self._config, self._total, self._position = config, total, position
+        self._identity = identity  # a callable: the data's identity, computed on first use
         self._items = items
         self._prefetcher = None
         if prefetch > 0:
@@ -200,8 +212,14 @@ class ChunkStream:
         return item
 
     def state(self):
-        """A JSON-serialisable dict: where this epoch's stream stands."""
-        return {**self._config, "position": self._position}
+        """A JSON-serialisable dict: where this epoch's stream stands, and on what data.
+
+        Its ``"data"`` entry, ``{"X": ..., "y": ...}``, holds :func:`data_identity`
+        of the arrays given to :func:`chunks` (computed on the first call: for
+        in-memory arrays a hash of their content, one pass over them).
+        """
+        data = self._identity() if self._identity is not None else None
+        return {**self._config, "data": data, "position": self._position}
 
     def close(self):
         """Stop reading ahead and release the background thread."""
@@ -301,6 +319,46 @@ def _one_chunk_across_features(a):
     return a
 
 
+def data_identity(a):
+    """A string naming the data in array ``a``, the same in every process (None for None).
+
+    - a dask array (a store's, a Dataset's): its name. Dask names come from
+      content, and a pipeline store's from its ``uid``, which a rewrite changes;
+    - a zarr array: its store location, shape, dtype and chunks. Its content is
+      not hashed, as that would read the whole array;
+    - numpy arrays, memory maps and other array-likes: a hash of their content
+      (dask's ``tokenize``, one pass over the data): in-memory data has no other
+      name that survives the process, and a memory map's file can be rewritten
+      in place.
+    """
+    if a is None:
+        return None
+    if isinstance(a, da.Array):
+        return a.name
+    if type(a).__module__.startswith("zarr"):
+        where = getattr(a, "store_path", None) or (getattr(a, "store", None), a.path)
+        return "zarr-" + tokenize(str(where), a.shape, str(a.dtype), a.chunks)
+    return "content-" + tokenize(np.asarray(a))
+
+
+def _identity_of(X, y):
+    """A callable returning ``{"X": ..., "y": ...}`` identities, computed once."""
+    return functools.cache(lambda: {"X": data_identity(X), "y": data_identity(y)})
+
+
+def _check_data(state, identity):
+    """Refuse a state saved from other data; a state without ``"data"`` (written
+    before streams named their data) cannot be checked and is accepted."""
+    saved = state.get("data")
+    if saved is None:
+        return
+    now = identity()
+    differ = [k for k in ("X", "y") if saved.get(k) != now[k]]
+    if differ:
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in differ)
+        raise ValueError(f"state was saved from a stream over other data ({detail})")
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -345,6 +403,9 @@ def chunks(
         run in the background thread (e.g. label encoding); must keep the length.
     state : dict, optional
         ``stream.state()`` of an earlier stream: yield only what it had not yet.
+        It must come from a stream with the same settings over the same data
+        (:func:`data_identity` of X and y); a state saved before streams named
+        their data has no ``"data"`` entry, and its data cannot be checked.
 
     Returns
     -------
@@ -352,9 +413,15 @@ def chunks(
         Iterator of :class:`Chunk` ``(X, y, mask)`` with ``X`` of shape
         ``(n_batches, batch_size, *feature_shape)``. Memory is bounded by about
         ``prefetch + window`` chunks.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, or a ``state`` from another stream or other data.
     """
     if isinstance(X, Dataset):
         X, y = X.X, X.y if y is None else y
+    identity = _identity_of(X, y)
     in_memory = [a for a in (X, y) if a is not None] if _in_memory(X) and _in_memory(y) else None
     as_view = _layout if in_memory else _as_dask
     X = as_view(X)
@@ -387,6 +454,8 @@ def chunks(
         n_samples=int(X.shape[0]),
     )
     position = 0 if state is None else _resume_position(state, config)
+    if state is not None:
+        _check_data(state, identity)
     plan = _window_plan(X.chunks[0], shuffle=shuffle, seed=seed, epoch=epoch, window=window)
     rows = batch_size * n_batches
     if in_memory:
@@ -398,7 +467,9 @@ def chunks(
     )
     items = _produce(windows, batch_size, n_batches)
     total = math.ceil(X.shape[0] / rows)
-    return ChunkStream(items, config=config, total=total, position=position, prefetch=prefetch)
+    return ChunkStream(
+        items, config=config, total=total, position=position, prefetch=prefetch, identity=identity
+    )
 
 
 def _resume_position(state, config):

@@ -4,6 +4,6 @@
 ...     state = step(state, X, y, mask)   # one jitted lax.scan per chunk
 """
 
-from pipeline._stream import Chunk, ChunkStream, chunks, epoch_order
+from pipeline._stream import Chunk, ChunkStream, chunks, data_identity, epoch_order
 
-__all__ = ["Chunk", "ChunkStream", "chunks", "epoch_order"]
+__all__ = ["Chunk", "ChunkStream", "chunks", "data_identity", "epoch_order"]

@@ -1,5 +1,6 @@
 """pipeline.stream: coverage, determinism, resume, shapes, bounded read-ahead."""
 
+import json
 import threading
 import time
 
@@ -204,6 +205,42 @@ def test_state_from_another_stream_is_refused():
         chunks(X, y, batch_size=8, seed=2, state=state)
 
 
+def test_state_names_its_data_and_refuses_other_data(tmp_path):
+    import zarr
+
+    from pipeline import store
+
+    X, y = _indexed(50, 10)
+    Xn, yn = X.compute(), y.compute()
+    ds = store.write(tmp_path / "s.zarr", Xn, yn, chunk_rows=10)
+    z = zarr.open_array(tmp_path / "z.zarr", mode="w", shape=Xn.shape, dtype=Xn.dtype)
+    z[:] = Xn
+    other = Xn.copy()
+    other[7, 1] += 1  # same shape, one value changed
+    cases = [  # (data, the same data given again, other data of the same size)
+        ((X, y), (da.from_array(Xn, chunks=(10, 2)), y), (da.from_array(other, chunks=10), y)),
+        ((Xn, yn), (Xn.copy(), yn.copy()), (other, yn)),  # numpy: by content
+        ((Xn, None), (Xn.copy(), None), (Xn, yn)),  # y given or not
+        ((ds.X, ds.y), (store.open(tmp_path / "s.zarr").X, ds.y), (X, y)),  # a store: by uid
+        ((z, yn), (zarr.open_array(tmp_path / "z.zarr", mode="r"), yn), (Xn, yn)),
+    ]
+    for data, same, differ in cases:
+        stream = chunks(*data, batch_size=8, seed=1, prefetch=0)
+        next(stream)
+        state = stream.state()
+        assert set(state["data"]) == {"X", "y"}
+        assert state == json.loads(json.dumps(state))  # JSON as it is
+        assert len(list(chunks(*same, batch_size=8, seed=1, state=state))) == len(stream)
+        with pytest.raises(ValueError, match="other data"):
+            chunks(*differ, batch_size=8, seed=1, state=state)
+    old = {k: v for k, v in state.items() if k != "data"}  # a state from before identities
+    assert len(list(chunks(other, yn, batch_size=8, seed=1, state=old))) == len(stream)
+    store.write(tmp_path / "s.zarr", other, yn, chunk_rows=10, overwrite=True)
+    state = chunks(ds, batch_size=8, seed=1).state()
+    with pytest.raises(ValueError, match="X: saved 'pipeline-store-X-"):  # rewritten: new uid
+        chunks(store.open(tmp_path / "s.zarr"), batch_size=8, seed=1, state=state)
+
+
 def test_length_mismatch_and_empty():
     X, y = _indexed(50, 10)
     with pytest.raises(ValueError, match="different lengths: 50 and 49"):
@@ -257,3 +294,34 @@ def test_each_read_hands_the_scheduler_only_its_window(monkeypatch):
     lazy = X * 2  # two graph layers for X, one for y
     list(chunks(lazy, y, batch_size=10, window=4))
     assert len(sizes) == 500 and max(sizes) <= 4 * 3  # the window's tasks, not the store's
+
+
+def test_close_joins_the_prefetch_thread_even_if_interrupted(monkeypatch):
+    # a Ctrl-C while close() waits must not leave a read running into interpreter exit
+    X, y = _indexed(5_000, 100)
+    stream = chunks(X, y, batch_size=100, n_batches=1, prefetch=2)
+    next(stream)
+    prefetcher = stream._prefetcher
+    real_get, calls = prefetcher.queue.get, []
+
+    def interrupted_get(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(prefetcher.queue, "get", interrupted_get)
+    with pytest.raises(KeyboardInterrupt):
+        stream.close()
+    assert not prefetcher.thread.is_alive()
+
+
+def test_an_interrupted_consumer_releases_the_thread():
+    X, y = _indexed(5_000, 100)
+    with pytest.raises(KeyboardInterrupt):
+        with chunks(X, y, batch_size=100, n_batches=1, prefetch=2) as stream:
+            for i, _ in enumerate(stream):
+                if i == 2:
+                    raise KeyboardInterrupt
+    assert stream._prefetcher is None
+    assert not any(t.name == "pipeline-stream-prefetch" for t in threading.enumerate())
