@@ -182,7 +182,10 @@ class AutoEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Network):
         """Minus the mean squared reconstruction error over X (weighted); streamed
         for dask/zarr X."""
         if not is_streamed(X):
-            return float(np.average(self.score_samples(X), weights=sample_weight))
+            scores = self.score_samples(X)
+            if sample_weight is not None:
+                sample_weight = _check_sample_weight(sample_weight, scores, dtype=np.float64)
+            return float(np.average(scores, weights=sample_weight))
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         with self._precision():

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from pipeline import nn
 from pipeline._engine import NeuralNetBase
 from pipeline._heads import TRAINING_CONSTRAINTS, ClassifierHead, RegressorHead, assign
+from pipeline._netio import InputChecks
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -27,7 +28,7 @@ def _treedef(config):
     return jax.tree_util.tree_structure(nn.model_shapes(*config)[0])
 
 
-class _MLPBase(NeuralNetBase):
+class _MLPBase(InputChecks, NeuralNetBase):
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(nn.ACTIVATIONS))],

@@ -17,6 +17,7 @@ from pipeline._store import Dataset
 
 __all__ = [
     "PREDICT_ROWS",
+    "InputChecks",
     "Predictor",
     "as_streamed",
     "check_finite_window",
@@ -65,6 +66,107 @@ def check_finite_window(Xw, Yw, dtype=np.float32):
             "streamed window have non-finite features; clean or impute the data first."
         )
     return Xw, Yw
+
+
+def _shape(a):
+    """``a``'s shape without reading it (a Dataset's X's); () when ``a`` has none."""
+    a = a.X if isinstance(a, Dataset) else a
+    return tuple(a.shape) if hasattr(a, "shape") else ()
+
+
+def check_samples(est, X, reset):
+    """Refuse samples that hold no values and, once fitted, n-D samples of another
+    shape than in fit (scikit-learn would count them as features)."""
+    shape = _shape(X)
+    if len(shape) < 2 or any(math.isnan(d) for d in shape):
+        return
+    name, sample = type(est).__name__, tuple(int(d) for d in shape[1:])
+    if 0 in sample:
+        axis = sample.index(0)
+        names = est._axis_names or (("features",) if len(sample) == 1 else ())
+        what = f" ({names[axis]})" if axis < len(names) else ""
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={shape}) while a minimum of 1 is required "
+            f"by {name}: axis {axis + 1} of X{what} has length 0"
+        )
+    fitted = getattr(est, "_feature_shape", None)
+    flat = len(sample) == 1 and fitted is not None and len(fitted) == 1  # scikit-learn's
+    if not reset and fitted is not None and est._nd() and not flat and sample != tuple(fitted):
+        raise ValueError(
+            f"X has samples of shape {sample}, but {name} was fitted on samples of shape "
+            f"{tuple(fitted)} (X of shape {shape}, n_samples first)"
+        )
+
+
+def check_column(a, name):
+    """Refuse targets ``y`` that are not 1-D or 2-D and weights that are not 1-D."""
+    shape = _shape(a) or np.asarray(a).shape
+    if name == "sample_weight" and len(shape) != 1:
+        raise ValueError(f"sample_weight must be 1-D, of shape (n_samples,); got shape {shape}")
+    if name == "y" and len(shape) not in (1, 2):
+        raise ValueError(
+            f"y must be 1-D or 2-D, of shape (n_samples,) or (n_samples, n_outputs); "
+            f"got shape {shape}"
+        )
+
+
+def check_finite_weights(w, block_info=None):
+    """``w`` (sample weights; one dask block with ``block_info``) if all finite."""
+    bad = ~np.isfinite(np.asarray(w, dtype=np.float64))
+    if bad.any():
+        start = block_info[0]["array-location"][0][0] if block_info else 0
+        raise ValueError(
+            f"Input sample_weight contains NaN or infinity: {int(bad.sum())} weight(s) in "
+            f"rows {start}..{start + len(w) - 1}, the first at row "
+            f"{start + int(np.flatnonzero(bad)[0])}"
+        )
+    return w
+
+
+class InputChecks:
+    """What every network estimator checks of its raw inputs before the engine reads
+    them, on numpy and streamed data alike: a sample holds values (and, once fitted,
+    has the shape it had in fit); targets are 1-D or 2-D, weights 1-D and finite.
+
+    A mixin placed before :class:`pipeline._engine.NeuralNetBase`; ``_axis_names``
+    names the sample axes in messages.
+    """
+
+    _axis_names: tuple = ()
+
+    def _prepare_X(self, X, reset):
+        if self._nd() and not (hasattr(X, "shape") or is_streamed(X)):
+            X = np.asarray(X)  # a nested list of n-D samples: its shape is checked
+        check_samples(self, X, reset)
+        return super()._prepare_X(X, reset)
+
+    def _streamed_like(self, X, a, name):
+        if name == "sample_weight" and (np.isscalar(a) or getattr(a, "ndim", 1) == 0):
+            # one weight for every sample, as scikit-learn
+            a = np.full(X.shape[0], a, dtype=np.float64)
+        check_column(a, name)
+        if name == "sample_weight" and not is_streamed(a):
+            check_finite_weights(a)
+        a = super()._streamed_like(X, a, name)
+        if name == "sample_weight":
+            a = a.map_blocks(check_finite_weights, dtype=a.dtype, meta=np.empty((0,), a.dtype))
+        return a
+
+    def _encode_kind(self, y, *, reset, classes, known):
+        if self._target_kind is None and np.dtype(y.dtype).kind in "US":
+            raise ValueError(
+                f"{type(self).__name__} predicts numbers, but y holds text (dtype {y.dtype}): "
+                "convert y to numbers, or use a classifier for labels"
+            )
+        try:
+            return super()._encode_kind(y, reset=reset, classes=classes, known=known)
+        except TypeError as e:
+            if not isinstance(y, da.Array) or np.dtype(y.dtype).kind != "O":
+                raise
+            raise ValueError(
+                f"y's labels cannot be ordered ({e}): they mix numbers and text, or hold "
+                "None; labels must be all numbers or all text"
+            ) from e
 
 
 def _take(block, keep):

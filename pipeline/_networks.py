@@ -24,6 +24,7 @@ from pipeline._heads import (
     RegressorHead,
     with_parameters,
 )
+from pipeline._netio import InputChecks
 from pipeline.nn._custom import Ref
 
 __all__ = [
@@ -45,7 +46,7 @@ def _sizes(value, name):
     return tuple(int(v) for v in values)
 
 
-class Network(NeuralNetBase):
+class Network(InputChecks, NeuralNetBase):
     """A network estimator whose fitted network is ``module_``: the trained equinox
     module (numpy arrays), callable as the network's batch protocol describes."""
 
@@ -53,6 +54,7 @@ class Network(NeuralNetBase):
     _feature_ndim = (1,)
 
     def _export_params(self, params):
+        params = nn.as_structure(params, *self._config)
         self.module_ = eqx.combine(params, nn.model_shapes(*self._config)[1])
 
     def _import_params(self):
@@ -209,6 +211,7 @@ class _RNN(Network):
         "dense_layers": ["array-like", Interval(Integral, 1, None, closed="left")],
     }
     _feature_ndim = (1, 2)
+    _axis_names = ("time steps", "features")
 
     def _check_solver_options(self):
         if self.batch_norm:
@@ -366,8 +369,11 @@ _USER_DOC = (
         ``module(in_size, n_outputs, *, key)`` called at ``fit`` with the number of
         features (or the sample shape for n-D samples) and of outputs. equinox's
         ``Dropout`` layers are switched off for prediction. Layers with equinox
-        ``State`` (``BatchNorm``) are not supported; use our networks for those.
-        Default: one hidden layer of 100 ReLU units.
+        ``State`` (``BatchNorm``) are refused (TypeError); use ``LayerNorm``, or our
+        networks' ``batch_norm=True``. A builder may define its module's class
+        inside itself, but such a fitted estimator does not pickle (Python cannot
+        pickle local classes): define the class at module level to search with
+        processes or on a cluster. Default: one hidden layer of 100 ReLU units.
 """
     + TRAINING_DOC
 )

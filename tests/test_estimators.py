@@ -212,6 +212,34 @@ def test_bad_streamed_input_gets_clear_errors(fitted, digits):
         MLPClassifier().fit(da.from_array(digits[0], chunks=100), y + 0.5)
 
 
+def test_streamed_targets_weights_and_samples_get_clear_errors():
+    rng = np.random.default_rng(0)
+    X, y = da.from_array(rng.normal(size=(8, 3)), chunks=4), np.arange(8) % 2
+    tiny = dict(hidden_layer_sizes=(2,), max_iter=1)
+    for est in (MLPClassifier(**tiny), MLPRegressor(**tiny)):
+        with pytest.raises(ValueError, match=r"y must be 1-D or 2-D.*got shape \(8, 2, 2\)"):
+            est.fit(X, da.ones((8, 2, 2), chunks=4))
+        with pytest.raises(ValueError, match=r"sample_weight must be 1-D.*got shape \(8, 2\)"):
+            est.fit(X, y, sample_weight=np.ones((8, 2)))
+        for weights in (
+            np.r_[1.0, np.nan, np.ones(6)],
+            da.from_array(np.r_[np.ones(5), np.inf, 1, 1], 4),
+        ):
+            with pytest.raises(ValueError, match="sample_weight contains NaN or infinity"):
+                est.fit(X, y, sample_weight=weights)
+        for empty in (np.ones((8, 0)), da.ones((8, 0), chunks=4)):
+            with pytest.raises(ValueError, match=r"0 feature\(s\).*axis 1 of X \(features\)"):
+                est.fit(empty, y)
+    est = MLPRegressor(**tiny)
+    est.fit(X, y.astype(float), sample_weight=2.0)  # one weight for all, as scikit-learn
+    for target in (np.array(["a", "b"] * 4), da.from_array(np.array(["a", "b"] * 4), 4)):
+        with pytest.raises(ValueError, match="MLPRegressor predicts numbers, but y holds text"):
+            est.fit(X, target)
+    labels = da.from_array(np.array([1, None] * 4, dtype=object), chunks=4)
+    with pytest.raises(ValueError, match="labels cannot be ordered"):
+        MLPClassifier(**tiny).fit(X, labels)
+
+
 def test_lbfgs_matches_scikit_learn(digits):
     X, y = digits[0][:400], digits[1][:400]
     ours = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(16,), max_iter=80, random_state=0)

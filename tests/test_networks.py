@@ -139,6 +139,26 @@ def test_rnn_refuses_batch_norm(digits):
         RNNClassifier(batch_norm=True, max_iter=1).fit(digits[0].reshape(-1, 8, 8), digits[1])
 
 
+def test_empty_sequences_and_samples_of_another_shape_are_named():
+    rng = np.random.default_rng(0)
+    y = np.arange(6) % 2
+    for X in (np.zeros((6, 0, 2)), da.zeros((6, 0, 2), chunks=3)):
+        with pytest.raises(ValueError, match=r"axis 1 of X \(time steps\) has length 0"):
+            RNNClassifier(hidden_size=2, max_iter=1).fit(X, y)
+    rnn = RNNClassifier(hidden_size=2, max_iter=1, random_state=0).fit(
+        rng.normal(size=(6, 3, 2)), y
+    )
+    cnn = CNNClassifier(conv_layers=(2,), dense_layers=(2,), max_iter=1, random_state=0)
+    cnn.fit(rng.normal(size=(6, 4, 4, 1)), y)
+    cases = [(rnn, (2, 4, 2), (4, 2), (3, 2)), (cnn, (2, 5, 5, 1), (5, 5, 1), (4, 4, 1))]
+    for est, shape, got, fitted in cases:
+        expected = f"samples of shape {got}, but {type(est).__name__} was fitted on samples "
+        expected += f"of shape {fitted}"
+        for X in (np.ones(shape), da.ones(shape, chunks=1)):
+            with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+                est.predict(X)
+
+
 # ----------------------------------------------------------------------- AutoEncoder
 
 
@@ -314,6 +334,44 @@ def test_a_module_instance_and_a_wrong_output_size(digits):
     assert est.module is module  # the parameter is not fitted in place
     with pytest.raises(ValueError, match="maps one sample of shape \\(64,\\) to 1 values"):
         NeuralNetClassifier(module, max_iter=1).fit(X, digits[1])
+
+
+def _builder_with_a_class_inside(in_size, n_outputs, *, key):
+    class Local(eqx.Module):
+        linear: eqx.nn.Linear
+
+        def __call__(self, x, *, key=None):
+            return self.linear(x)
+
+    return Local(eqx.nn.Linear(in_size, n_outputs, key=key))
+
+
+class WithBatchNorm(eqx.Module):
+    linear: eqx.nn.Linear
+    bn: eqx.nn.BatchNorm
+
+    def __init__(self, n_in, n_out, *, key):
+        self.linear = eqx.nn.Linear(n_in, n_out, key=key)
+        self.bn = eqx.nn.BatchNorm(n_out, axis_name="batch", mode="batch")
+
+    def __call__(self, x, state, *, key=None):
+        return self.bn(self.linear(x), state)
+
+
+def test_your_own_module_built_with_a_local_class_or_refused_clearly(tmp_path):
+    X, y = np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2
+    est = NeuralNetClassifier(_builder_with_a_class_inside, max_iter=2, random_state=0)
+    est.fit(X, y).fit(X, y)  # the builder runs again: a new class each time
+    np.testing.assert_array_equal(est.predict(da.from_array(X, chunks=8)).compute(), est.predict(X))
+    est.save(tmp_path / "m.zarr")
+    back = pipeline.load(tmp_path / "m.zarr", module=_builder_with_a_class_inside)
+    np.testing.assert_array_equal(back.predict_proba(X), est.predict_proba(X))
+    with pytest.raises(TypeError, match="equinox layers with state at .bn.*LayerNorm"):
+        NeuralNetClassifier(WithBatchNorm, max_iter=1).fit(X, y)
+    with pytest.raises(ValueError, match=r"the module failed on one sample of shape \(3,\)"):
+        NeuralNetClassifier(lambda n, k, *, key: eqx.nn.Linear(4, k, key=key)).fit(X, y)
+    with pytest.raises(TypeError, match=r"callable as module\(in_size, n_outputs, \*, key\)"):
+        NeuralNetClassifier(lambda n: None).fit(X, y)
 
 
 # -------------------------------------------------------------- save / load, all nets

@@ -20,6 +20,7 @@ from pipeline.nn._rnn import CELLS, RNN
 from pipeline.nn._train import (
     LOSSES,
     OUTPUT_ACTIVATIONS,
+    as_structure,
     build,
     compiled_forward,
     compiled_init,
@@ -45,6 +46,7 @@ __all__ = [
     "SCHEDULES",
     "BatchNorm",
     "NormStats",
+    "as_structure",
     "build",
     "compiled_forward",
     "compiled_init",

@@ -32,6 +32,10 @@ def sample_shape(feature_shape, input_shape=None):
     feature_shape = tuple(int(d) for d in feature_shape)
     if input_shape is not None:
         input_shape = tuple(int(d) for d in input_shape)
+        if not input_shape or min(input_shape) < 1 or len(input_shape) > 4:
+            raise ValueError(
+                f"input_shape must hold 1 to 4 positive sizes (channels last), got {input_shape}"
+            )
         if math.prod(input_shape) != math.prod(feature_shape):
             raise ValueError(
                 f"input_shape={input_shape} holds {math.prod(input_shape)} values, but each "

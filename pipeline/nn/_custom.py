@@ -63,6 +63,62 @@ class Wrapped(eqx.Module):
         return out.reshape(x.shape[0], -1), state
 
 
+def _stateful_layers(module):
+    """Where ``module`` holds equinox state (``eqx.nn.StateIndex``: BatchNorm,
+    SpectralNorm): key paths such as ``.bn``."""
+    found = jax.tree_util.tree_flatten_with_path(
+        module, is_leaf=lambda x: isinstance(x, eqx.nn.StateIndex)
+    )[0]
+    paths = [
+        jax.tree_util.keystr(p[:-1]) for p, leaf in found if isinstance(leaf, eqx.nn.StateIndex)
+    ]
+    return list(dict.fromkeys(p or "the module itself" for p in paths))
+
+
+def _check_stateless(module):
+    where = _stateful_layers(module)
+    if where:
+        raise TypeError(
+            f"the module ({type(module).__name__}) holds equinox layers with state at "
+            f"{', '.join(where)} (eqx.nn.BatchNorm, or another layer with an eqx.nn.StateIndex), "
+            "which NeuralNetClassifier / NeuralNetRegressor do not thread through training. "
+            "Use a stateless normalisation (eqx.nn.LayerNorm, eqx.nn.GroupNorm), or "
+            "MLPClassifier / CNNClassifier with batch_norm=True"
+        )
+
+
+def _build(builder, in_size, n_outputs, key):
+    """Call the user's ``builder(in_size, n_outputs, *, key)``, checking its signature."""
+    try:
+        inspect.signature(builder).bind(in_size, n_outputs, key=key)
+    except TypeError as e:
+        raise TypeError(
+            f"module must be an equinox Module or a builder callable as "
+            f"module(in_size, n_outputs, *, key); {builder!r} cannot be ({e})"
+        ) from e
+    except ValueError:
+        pass  # no signature to inspect (a builtin): call it and see
+    module = builder(in_size, n_outputs, key=key)
+    if not isinstance(module, eqx.Module):
+        raise TypeError(
+            f"the module builder must return an equinox Module, got {type(module).__name__}"
+        )
+    return module
+
+
+def _output_shape(wrapped, sample_shape):
+    """The shape of the wrapped module's output on a batch of two samples (traced)."""
+    batch = jax.ShapeDtypeStruct((2, *sample_shape), float)
+    try:
+        return eqx.filter_eval_shape(lambda m: m(batch, (), train=False), wrapped)[0].shape
+    except Exception as e:
+        raise ValueError(
+            f"the module failed on one sample of shape {tuple(sample_shape)} "
+            f"({type(e).__name__}: {e}); it is called as module(x) on one sample x "
+            "(mapped over the batch with jax.vmap), and must accept that shape"
+        ) from e
+
+
 def wrap_module(module, sample_shape, n_outputs, *, key):
     """Build the user's network: ``module`` is an equinox module (used as it is) or a
     callable ``module(in_size, n_outputs, *, key)``; ``in_size`` is the number of
@@ -71,19 +127,14 @@ def wrap_module(module, sample_shape, n_outputs, *, key):
         module = module.obj
     if not isinstance(module, eqx.Module):
         in_size = sample_shape[0] if len(sample_shape) == 1 else tuple(sample_shape)
-        module = module(in_size, n_outputs, key=key)
-        if not isinstance(module, eqx.Module):
-            raise TypeError(
-                f"the module builder must return an equinox Module, got {type(module).__name__}"
-            )
+        module = _build(module, in_size, n_outputs, key)
+    _check_stateless(module)
     wrapped = Wrapped(module)
-    out = eqx.filter_eval_shape(
-        lambda m: m(jax.ShapeDtypeStruct((2, *sample_shape), float), (), train=False), wrapped
-    )[0]
-    if math.prod(out.shape[1:]) != n_outputs:
+    shape = _output_shape(wrapped, sample_shape)
+    if math.prod(shape[1:]) != n_outputs:
         raise ValueError(
             f"the module maps one sample of shape {tuple(sample_shape)} to "
-            f"{math.prod(out.shape[1:])} values (shape {out.shape[1:]}), but the targets "
+            f"{math.prod(shape[1:])} values (shape {shape[1:]}), but the targets "
             f"need {n_outputs} outputs"
         )
     return wrapped

@@ -31,6 +31,7 @@ from pipeline.nn._optim import make_optimizer, make_schedule
 __all__ = [
     "LOSSES",
     "OUTPUT_ACTIVATIONS",
+    "as_structure",
     "build",
     "compiled_forward",
     "compiled_init",
@@ -116,9 +117,21 @@ def model_shapes(factory, model_kwargs):
 @functools.lru_cache(maxsize=64)
 def _init_fn(factory, model_kwargs, float_dtype):
     def init(key):
-        return eqx.partition(factory(**dict(model_kwargs), key=key), eqx.is_array)[0]
+        model = factory(**dict(model_kwargs), key=key)
+        return jax.tree_util.tree_leaves(eqx.partition(model, eqx.is_array)[0])
 
     return jax.jit(init)
+
+
+def as_structure(params, factory, model_kwargs):
+    """``params`` (the same leaves) in the structure of :func:`model_shapes`.
+
+    A factory that defines its classes as it runs (a user's builder with a class
+    inside) makes a new class at every call: the arrays must then take the
+    skeleton's classes before ``eqx.combine`` pairs them.
+    """
+    treedef = jax.tree_util.tree_structure(model_shapes(factory, model_kwargs)[0])
+    return jax.tree_util.tree_unflatten(treedef, jax.tree_util.tree_leaves(params))
 
 
 def build(factory, model_kwargs, key):
@@ -127,11 +140,20 @@ def build(factory, model_kwargs, key):
     The initialisation runs as one compiled call, cached per configuration.
     """
     init = _init_fn(factory, model_kwargs, jax.dtypes.canonicalize_dtype(float))
-    return init(key), model_shapes(factory, model_kwargs)[1]
+    return as_structure(init(key), factory, model_kwargs), model_shapes(factory, model_kwargs)[1]
 
 
 def _skeleton(factory, model_kwargs):
-    return model_shapes(factory, model_kwargs)[1]
+    """``combine(params) -> model``: the arrays put into the static skeleton, in the
+    skeleton's structure (see :func:`as_structure`)."""
+    shapes, static = model_shapes(factory, model_kwargs)
+    treedef = jax.tree_util.tree_structure(shapes)
+
+    def combine(params):
+        params = jax.tree_util.tree_unflatten(treedef, jax.tree_util.tree_leaves(params))
+        return eqx.combine(params, static)
+
+    return combine
 
 
 @functools.lru_cache(maxsize=64)
@@ -143,11 +165,11 @@ def compiled_init(optimizer_kwargs, schedule_kwargs):
     return jax.jit(optimizer.init)
 
 
-def _batch_loss(static, out_activation):
+def _batch_loss(combine, out_activation):
     loss = LOSSES[out_activation]
 
     def f(params, state, x, y, mask, key, hyper):
-        model = eqx.combine(params, static)
+        model = combine(params)
         w = y[..., -1] * mask
         out, state = model(x, state, key=key, train=True, weight=w)
         n = jnp.maximum(w.sum(), 1e-12)
@@ -233,11 +255,11 @@ def compiled_forward(factory, model_kwargs, out_activation, method=None):
     ``method``: call this method of the network instead, ``method(X, state) -> (n, k)``
     (e.g. an autoencoder's ``encode``); no output activation is applied.
     """
-    static = _skeleton(factory, model_kwargs)
+    combine = _skeleton(factory, model_kwargs)
     act = OUTPUT_ACTIVATIONS[out_activation]
 
     def forward(params, state, X):
-        model = eqx.combine(params, static)
+        model = combine(params)
         if method is not None:
             return getattr(model, method)(X, state)
         return act(model(X, state, train=False)[0])
