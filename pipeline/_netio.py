@@ -90,12 +90,19 @@ def check_samples(est, X, reset):
             f"by {name}: axis {axis + 1} of X{what} has length 0"
         )
     fitted = getattr(est, "_feature_shape", None)
-    flat = len(sample) == 1 and fitted is not None and len(fitted) == 1  # scikit-learn's
-    if not reset and fitted is not None and est._nd() and not flat and sample != tuple(fitted):
+    if reset or fitted is None or not est._nd() or sample == tuple(fitted):
+        return
+    if len(sample) == 1 and len(fitted) == 1:  # scikit-learn's words, and what they count
+        names = est._axis_names
+        what = f": {sample[0]} {names[0]}, fitted on {fitted[0]}" if names else ""
         raise ValueError(
-            f"X has samples of shape {sample}, but {name} was fitted on samples of shape "
-            f"{tuple(fitted)} (X of shape {shape}, n_samples first)"
+            f"X has {sample[0]} features, but {name} is expecting {fitted[0]} features as "
+            f"input{what}."
         )
+    raise ValueError(
+        f"X has samples of shape {sample}, but {name} was fitted on samples of shape "
+        f"{tuple(fitted)} (X of shape {shape}, n_samples first)"
+    )
 
 
 def check_column(a, name):

@@ -157,6 +157,9 @@ def test_empty_sequences_and_samples_of_another_shape_are_named():
         for X in (np.ones(shape), da.ones(shape, chunks=1)):
             with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
                 est.predict(X)
+    univariate = RNNRegressor(hidden_size=2, max_iter=1).fit(np.ones((6, 3)), np.ones(6))
+    with pytest.raises(ValueError, match="X has 4 features, .* expecting 3 .*: 4 time steps"):
+        univariate.predict(da.ones((2, 4), chunks=1))
 
 
 # ----------------------------------------------------------------------- AutoEncoder
