@@ -411,3 +411,91 @@ def test_float64_targets_stay_exact():
     est = MLPRegressor(solver="lbfgs", hidden_layer_sizes=(8,), max_iter=30, random_state=0)
     est.fit(X, y)
     assert est.score(da.from_array(X, chunks=100), y) == pytest.approx(est.score(X, y), rel=1e-9)
+
+
+@pytest.fixture
+def sigint_in_step(monkeypatch):
+    """``sigint_in_step(k)``: the next fits send SIGINT to this process while their
+    k-th training step runs (counted over all of them), as a Ctrl-C would."""
+    import os
+    import signal
+    import threading
+
+    from pipeline import nn
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python handles signals in the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    real, calls, at = nn.compiled_step, [], []
+
+    def compiled_step(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def interrupted_step(*a):
+            calls.append(1)
+            if len(calls) in at:
+                os.kill(os.getpid(), signal.SIGINT)  # lands inside the step
+            return step(*a)
+
+        return interrupted_step
+
+    monkeypatch.setattr(nn, "compiled_step", compiled_step)
+    yield lambda k: (at.clear(), at.append(len(calls) + k))
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_ends_fit_with_the_state_of_the_last_step(tmp_path, sigint_in_step):
+    import signal
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10_000, 8)).astype(np.float32)
+    ds = pstore.write(tmp_path / "s.zarr", X, (X[:, 0] > 0).astype(int), chunk_rows=2000)
+    params = dict(hidden_layer_sizes=(16,), batch_size=200, random_state=0)  # 3 steps an epoch
+    one_epoch = MLPClassifier(**params, max_iter=1).fit(ds.X, ds.y)
+
+    sigint_in_step(3)  # the last step of the first epoch: the epoch never ends
+    est = MLPClassifier(**params, max_iter=5)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        assert est.fit(ds.X, ds.y) is est
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert est.n_iter_ == 0 and est.t_ == 0 and est.loss_curve_ == []
+    assert not hasattr(est, "loss_")  # as scikit-learn's MLP: no epoch, no loss
+    _same_model(est, one_epoch)  # the state of the last step, bit for bit
+    assert np.isin(est.predict(X[:50]), [0, 1]).all()
+
+    sigint_in_step(2)  # inside the second epoch
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        est.fit(ds.X, ds.y)
+    assert est.n_iter_ == 0
+    sigint_in_step(5)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        est.fit(ds.X, ds.y)
+    assert est.n_iter_ == 1 and len(est.loss_curve_) == 1 and est.loss_ == est.loss_curve_[0]
+    assert est.score(ds.X, ds.y) > 0.6  # it learned for an epoch and a step
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_handed_on_again():
+    import os
+    import signal
+    import threading
+
+    from pipeline._engine import _DeferredInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python handles signals in the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+
+        class Finalized:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)  # its KeyboardInterrupt is only printed
+
+        deferred = _DeferredInterrupt()
+        with pytest.raises(KeyboardInterrupt), deferred:
+            with deferred.waiting():
+                Finalized()
+            deferred.check()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
