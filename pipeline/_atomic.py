@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import datetime
 import errno
@@ -57,6 +58,12 @@ MARKER = "pipeline.json"  # {"kind", "uid", "created"}: written last, says what 
 _PARTIAL = ".partial-"
 _OLD = ".old-"
 _CLAIM = ".pipeline-partial"  # in a partial directory: which kind is being written there
+# the entries an object of each kind is made of; anything else inside it is not ours
+_OWNED = {
+    "store": {"zarr.json", "X", "y", "X.npy", "y.npy", "schema.json", MARKER},
+    "model": {"zarr.json", "params", "state", "opt_state", "key", "classes", MARKER},
+    "checkpoint": {"zarr.json", "model", "replicas", "best", MARKER},
+}
 _LEGACY_AGE = 3600.0  # seconds: a legacy leftover (no claim, no lock) older than this is stale
 # the attribute keys under which older files said what they are (before MARKER)
 _LEGACY_ATTRS = {
@@ -222,6 +229,7 @@ def check_destination(path, kind, *, overwrite=False):
     local = local_path(path)
     if local is not None:
         _writable_parent(local)
+        _refuse_nesting(path, local, kind)
         exists = local.exists() or local.is_symlink()
         empty = exists and local.is_dir() and not any(local.iterdir())
     else:
@@ -240,6 +248,38 @@ def check_destination(path, kind, *, overwrite=False):
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True to replace it (it holds {what})"
         )
+    _refuse_foreign_entries(path, local, kind)
+
+
+def _foreign_entries(local, kind):
+    """Entries inside the pipeline ``kind`` at ``local`` that are not part of it."""
+    owned = _OWNED.get(kind)
+    if owned is None or local is None or not local.is_dir():
+        return []
+    return sorted(p.name for p in local.iterdir() if p.name not in owned)
+
+
+def _refuse_foreign_entries(path, local, kind):
+    foreign = _foreign_entries(local, kind)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"refusing to replace the pipeline {kind} at {path}: it also holds {shown}, which "
+            f"{'is' if len(foreign) == 1 else 'are'} not part of it; move "
+            f"{'it' if len(foreign) == 1 else 'them'} out first"
+        )
+
+
+def _refuse_nesting(path, local, kind):
+    """Refuse a pipeline object inside another one (a replace of the outer one would
+    take it along)."""
+    for parent in local.absolute().parents:
+        outer = kind_of(parent)
+        if outer is not None:
+            raise FileExistsError(
+                f"refusing to write a pipeline {kind} at {path}: it is inside {parent}, a "
+                f"pipeline {outer}; choose a path outside it"
+            )
 
 
 def new_marker(kind, uid=None):
@@ -381,8 +421,9 @@ def _remove_swapped_out(old, kind, local):
     """``old`` holds what was at ``local`` before an exchange: remove it if it is
     ours to replace; else swap it back and refuse."""
     if old.is_dir() and (kind_of(old) == kind or not any(old.iterdir())):
-        shutil.rmtree(old, ignore_errors=True)
-        return
+        if not _foreign_entries(old, kind):
+            shutil.rmtree(old, ignore_errors=True)
+            return
     _rename2(old, local, _RENAME_EXCHANGE)
     raise FileExistsError(
         f"refusing to replace {local}: while this {kind} was written, {describe(old)} was put "
@@ -447,6 +488,20 @@ def _settle_background_writes(timeout=10.0):
         asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
 
 
+_GUARD = contextvars.ContextVar("pipeline_publish_guard", default=None)
+
+
+@contextlib.contextmanager
+def publish_guard(check):
+    """Within this context, call ``check()`` just before any object is published;
+    it raises to abandon the write (the CLI's: a Ctrl-C that a library swallowed)."""
+    token = _GUARD.set(check)
+    try:
+        yield
+    finally:
+        _GUARD.reset(token)
+
+
 @contextlib.contextmanager
 def atomic_dir(path, kind, *, overwrite=False, uid=None):
     """Write a pipeline object of ``kind`` to ``path`` atomically.
@@ -482,6 +537,8 @@ def atomic_dir(path, kind, *, overwrite=False, uid=None):
     try:
         (tmp / _CLAIM).write_text(json.dumps({"kind": kind, "pid": os.getpid()}))
         yield str(tmp)
+        if _GUARD.get() is not None:
+            _GUARD.get()()
         (tmp / _CLAIM).unlink()
         _write_marker(tmp, marker)
         _fsync_dir(tmp)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from pipeline._atomic import publish_guard
+
 SOURCE_HELP = (
     "a CSV file or glob ('data/*.csv'), a .npy file, 'mnist' or 'mnist:PATH', "
     "'digits', or 'synthetic:N_SAMPLES,N_FEATURES'"
@@ -92,6 +94,12 @@ class _Interrupts:
     def _handler(self, signum, frame):
         self.seen = True
         self._previous(signum, frame)
+
+    def check(self):
+        """Raise KeyboardInterrupt if a Ctrl-C was seen (one a library may have swallowed,
+        as JAX's garbage-collection callback does): called before anything is published."""
+        if self.seen:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -784,7 +792,9 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning(prefix)
         try:
-            args.func(args)
+            with _Interrupts() as interrupts, publish_guard(interrupts.check):
+                args.func(args)
+            interrupts.check()  # one seen but swallowed after the last write: still 130
         except KeyboardInterrupt:
             print(f"{prefix}: {_interrupted(args)}", file=sys.stderr)
             return 130

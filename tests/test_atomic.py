@@ -35,7 +35,7 @@ def _make(tmp_path, what):
         p.mkdir()
     elif what in ("store", "model", "checkpoint"):
         with atomic_dir(p, what) as t:
-            (_atomic.Path(t) / "data").write_text(what)
+            (_atomic.Path(t) / "zarr.json").write_text(what)
     return p
 
 
@@ -46,8 +46,8 @@ def test_only_an_object_of_the_same_kind_is_replaced(tmp_path, what, overwrite, 
     replaceable = what == "nothing" or (overwrite and what in ("empty dir", "store"))
     if replaceable:
         with atomic_dir(p, "store", overwrite=overwrite) as t:
-            (_atomic.Path(t) / "data").write_text("new")
-        assert (p / "data").read_text() == "new" and kind_of(p) == "store"
+            (_atomic.Path(t) / "zarr.json").write_text("new")
+        assert (p / "zarr.json").read_text() == "new" and kind_of(p) == "store"
     else:
         match = "overwrite=True" if what in ("empty dir", "store") else "replaces only"
         with pytest.raises(FileExistsError, match=match):
@@ -64,16 +64,16 @@ def test_a_failed_write_leaves_the_old_object_whole(tmp_path, renames):
     p = _make(tmp_path, "model")
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_dir(p, "model", overwrite=True) as t:
-            (_atomic.Path(t) / "data").write_text("half")
+            (_atomic.Path(t) / "zarr.json").write_text("half")
             raise RuntimeError("boom")
-    assert (p / "data").read_text() == "model" and os.listdir(tmp_path) == ["dest"]
+    assert (p / "zarr.json").read_text() == "model" and os.listdir(tmp_path) == ["dest"]
 
 
 def test_a_foreign_directory_put_there_mid_write_is_swapped_back(tmp_path, monkeypatch):
     p = _make(tmp_path, "model")
     with pytest.raises(FileExistsError, match="left in place"):
         with atomic_dir(p, "model", overwrite=True) as t:
-            (_atomic.Path(t) / "data").write_text("new")
+            (_atomic.Path(t) / "zarr.json").write_text("new")
             _atomic.shutil.rmtree(p)
             p.mkdir()
             (p / "thesis.tex").write_text("precious")
@@ -248,3 +248,28 @@ def test_a_write_interrupted_inside_zarr_leaves_no_partial_behind(tmp_path, monk
         store.write(tmp_path / "s.zarr", np.ones((60, 3)), np.arange(60) % 2, chunk_rows=10)
     time.sleep(0.6)  # long after the write in flight would have landed
     assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_never_takes_along_what_is_not_part_of_the_object(tmp_path, renames):
+    p = _make(tmp_path, "model")
+    (p / "results.csv").write_text("precious")
+    with pytest.raises(FileExistsError, match="also holds results.csv.*move it out"):
+        with atomic_dir(p, "model", overwrite=True):
+            pytest.fail("refused before any work")
+    assert (p / "results.csv").read_text() == "precious"
+    with pytest.raises(FileExistsError, match="inside .*dest, a pipeline model"):
+        check_destination(p / "inner.zarr", "store")
+    assert not (p / "inner.zarr").exists()
+
+
+def test_a_publish_guard_abandons_the_write_and_keeps_the_old_object(tmp_path):
+    p = _make(tmp_path, "store")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with _atomic.publish_guard(interrupted):
+            with atomic_dir(p, "store", overwrite=True) as t:
+                (_atomic.Path(t) / "zarr.json").write_text("new")
+    assert (p / "zarr.json").read_text() == "store" and os.listdir(tmp_path) == ["dest"]
