@@ -228,6 +228,11 @@ def check_destination(path, kind, *, overwrite=False):
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     local = local_path(path)
     if local is not None:
+        if local.is_symlink():
+            raise FileExistsError(
+                f"refusing to write a pipeline {kind} to {path}: it is a symbolic link (to "
+                f"{os.readlink(local)}); write to the path it points to instead"
+            )
         _writable_parent(local)
         _refuse_nesting(path, local, kind)
         exists = local.exists() or local.is_symlink()

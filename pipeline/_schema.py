@@ -32,8 +32,14 @@ def with_checksum(meta):
     return {**meta, "checksum": metadata_checksum(meta)}
 
 
-def verify_checksum(meta, where, what):
-    """Refuse metadata whose checksum does not match (metadata from before checksums pass)."""
+def verify_checksum(meta, where, what, *, required=False):
+    """Refuse metadata whose checksum does not match, or is missing where ``required``
+    (an object with a marker was written with one; older objects have neither)."""
+    if required and "checksum" not in meta:
+        raise ValueError(
+            f"{where} has edited or corrupt {what} metadata: its checksum was removed (the "
+            "file was changed by hand or damaged); write it again"
+        )
     if "checksum" in meta and meta["checksum"] != metadata_checksum(meta):
         raise ValueError(
             f"{where} has edited or corrupt {what} metadata: its checksum does not match its "
@@ -80,7 +86,7 @@ def new_schema(
     return with_checksum(schema)
 
 
-def check_schema(schema, where):
+def check_schema(schema, where, *, marked=False):
     """Validate a schema read from ``where``; return it or raise ``ValueError``."""
     if not isinstance(schema, dict) or "format_version" not in schema:
         raise ValueError(
@@ -96,7 +102,7 @@ def check_schema(schema, where):
     missing = {"n_samples", "chunk_rows", "dtype", "feature_shape", "uid", "format"} - set(schema)
     if missing:
         raise ValueError(f"{where} has a corrupt schema: missing {sorted(missing)}")
-    verify_checksum(schema, where, "store")
+    verify_checksum(schema, where, "store", required=marked)
     return schema
 
 

@@ -421,7 +421,7 @@ def _read_schema(path, local):
                 schema = json.loads((local / SCHEMA_FILE).read_text())
             except ValueError as exc:
                 raise ValueError(f"{path} has a corrupt {SCHEMA_FILE}: {exc}") from None
-            return "memmap", check_schema(schema, path), str(local)
+            return "memmap", check_schema(schema, path, marked=_marked(local)), str(local)
         if not (local / "zarr.json").exists():
             raise ValueError(f"{path} is not a pipeline store: no zarr.json or {SCHEMA_FILE} in it")
         location = str(local)
@@ -438,7 +438,13 @@ def _read_schema(path, local):
         if "not found" in str(exc).lower() or type(exc).__name__.endswith("NotFoundError"):
             raise FileNotFoundError(f"no store at {path}") from None
         raise ValueError(f"{path} is not a pipeline store: {exc}") from None
-    return "zarr", check_schema(group.attrs.get(SCHEMA_KEY), path), location
+    schema = check_schema(group.attrs.get(SCHEMA_KEY), path, marked=_marked(location))
+    return "zarr", schema, location
+
+
+def _marked(location):
+    """Whether the store has a marker: written by a version that always checksums."""
+    return read_marker(location) is not None
 
 
 def open(path):  # noqa: A001 - the public name is pipeline.store.open

@@ -20,7 +20,7 @@ import zarr
 from sklearn.base import is_classifier
 
 from pipeline import nn
-from pipeline._atomic import atomic_dir, check_destination, local_path
+from pipeline._atomic import atomic_dir, check_destination, local_path, read_marker
 from pipeline._schema import verify_checksum, with_checksum
 
 __all__ = ["load", "save"]
@@ -212,7 +212,7 @@ def _open_model_group(path):
             f"{path} has model format version {meta.get('format_version')!r}; "
             f"this pipeline reads version {FORMAT_VERSION}"
         )
-    verify_checksum(meta, path, "model")
+    verify_checksum(meta, path, "model", required=read_marker(path) is not None)
     return group, meta
 
 

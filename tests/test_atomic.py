@@ -273,3 +273,11 @@ def test_a_publish_guard_abandons_the_write_and_keeps_the_old_object(tmp_path):
             with atomic_dir(p, "store", overwrite=True) as t:
                 (_atomic.Path(t) / "zarr.json").write_text("new")
     assert (p / "zarr.json").read_text() == "store" and os.listdir(tmp_path) == ["dest"]
+
+
+def test_a_symlink_destination_is_refused_and_its_target_kept(tmp_path):
+    real = _make(tmp_path, "store")
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        check_destination(tmp_path / "link", "store", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (real / "zarr.json").read_text() == "store"

@@ -85,8 +85,11 @@ def test_load_refuses_what_is_not_a_model(tmp_path, zarr_store):
     (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="edited or corrupt model metadata"):
         pipeline.load(tmp_path / "m.zarr")
-    del meta["attributes"]["pipeline-model"]["checksum"]  # as a model saved before checksums
-    (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="checksum"):  # removing the checksum is refused
+        del meta["attributes"]["pipeline-model"]["checksum"]
+        (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+        pipeline.load(tmp_path / "m.zarr")
+    (tmp_path / "m.zarr" / "pipeline.json").unlink()  # as a model saved before checksums
     with pytest.raises(ValueError, match="unknown model class 'os.system'"):
         pipeline.load(tmp_path / "m.zarr")
 
@@ -162,6 +165,7 @@ def test_an_edited_class_is_refused_even_without_a_checksum(labelled, tmp_path):
         meta["attributes"]["pipeline-model"]["class"] = other
         del meta["attributes"]["pipeline-model"]["checksum"]  # as a file from before checksums
         (tmp_path / "m.zarr" / "zarr.json").write_text(json.dumps(meta))
+        (tmp_path / "m.zarr" / "pipeline.json").unlink()
         with pytest.raises(ValueError, match=f"names class {other}, but holds"):
             pipeline.load(tmp_path / "m.zarr")
 

@@ -291,6 +291,7 @@ def test_hand_edited_schemas_are_refused(tmp_path, xy, fmt, edit):
     with pytest.raises(ValueError, match="edited or corrupt store metadata"):
         store.open(path)
     if "classes" not in edit:  # without a checksum (older stores) the arrays still disagree
+        (path / "pipeline.json").unlink()
         if fmt == "memmap":
             schema = json.loads((path / "schema.json").read_text())
             del schema["checksum"]
