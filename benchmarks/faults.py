@@ -287,6 +287,7 @@ def marker_uid(path):
 def store_state(path, versions=(1, 2, 3)):
     """``(state, uid, error)``: state is "absent", "broken", a version number or "other"."""
     import dask
+
     import pipeline
 
     p = Path(path)
@@ -684,6 +685,7 @@ def _flip_chunk(path, fmt):
 
 def metadata_store(setup, fmt, what, edit, is_metadata=True):
     import dask
+
     import pipeline
 
     d = setup.new_dir()
@@ -1042,6 +1044,7 @@ def _guard(fn, setup, *args):
 
 def _racer(conn, path, fmt, overwrite, v, start, barrier):
     import dask
+
     import pipeline
 
     start.wait(120)
@@ -1134,6 +1137,7 @@ def _read_block(ds, j):
 def _read_all(ds):
     """"StoreChangedError", the version read (1 old, 2/3 new, "mixed"), or another error."""
     import dask
+
     import pipeline
 
     try:

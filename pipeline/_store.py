@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from builtins import open as builtins_open
 import zlib
+from builtins import open as builtins_open
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask.array as da
-import fsspec
 import numpy as np
 import zarr
 from dask.base import tokenize
