@@ -179,7 +179,11 @@ def describe(path):
         if not fs.exists(p):
             return "nothing"
         kind = kind_of(path)
-        return f"a pipeline {kind}" if kind else "data that is not a pipeline object"
+        if kind:
+            return f"a pipeline {kind}"
+        if fs.exists(p.rstrip("/") + "/" + _CLAIM):
+            return "a pipeline object being written now, or whose write never finished"
+        return "data that is not a pipeline object"
     if not local.exists() and not local.is_symlink():
         return "nothing"
     if not local.is_dir():
@@ -559,14 +563,39 @@ def atomic_dir(path, kind, *, overwrite=False, uid=None):
 
 
 def _remote(path, kind, overwrite, marker):
+    """Write in place at a URL (object stores have no rename), under a claim.
+
+    The claim names this write; a second writer's claim replaces it, so each
+    writer checks before publishing that the claim is still its own, and only
+    the claim's owner removes what it wrote. Readers still catch chunks mixed by
+    two writers through the per-chunk checksums and the uid.
+    """
     fs, p = url_fs(path)
+    root = p.rstrip("/")
     if overwrite and fs.exists(p):
         fs.rm(p, recursive=True)
+    claim = json.dumps({"kind": kind, "uid": marker["uid"]}).encode()
+    fs.pipe_file(f"{root}/{_CLAIM}", claim)
+
+    def ours():
+        try:
+            return fs.cat_file(f"{root}/{_CLAIM}") == claim
+        except FileNotFoundError:
+            return False
+
     try:
         yield path
-        fs.pipe_file(p.rstrip("/") + "/" + MARKER, json.dumps(marker).encode())
+        if not ours():
+            raise FileExistsError(
+                f"{path}: another writer wrote to this URL at the same time; what is there "
+                "now is theirs (reads check its chunks), nothing of this write was published"
+            )
+        if _GUARD.get() is not None:
+            _GUARD.get()()
+        fs.pipe_file(f"{root}/{MARKER}", json.dumps(marker).encode())
+        fs.rm_file(f"{root}/{_CLAIM}")
     except BaseException:
         with contextlib.suppress(Exception):
-            if fs.exists(p):
+            if ours():
                 fs.rm(p, recursive=True)
         raise

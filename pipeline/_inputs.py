@@ -412,8 +412,12 @@ class PieceChecker:
     def __call__(self, x, y):
         self.index += 1
         where = f"chunk {self.index} of the input"
-        if x.ndim == 0:
-            raise ValueError(f"{where}: X must have a sample axis; got a 0-d array")
+        if x.ndim < 2:
+            raise ValueError(
+                f"{where}: X must be at least 2-D, (n_samples, *feature_shape); got shape "
+                f"{x.shape}. Reshape it with X.reshape(-1, 1) for a single feature, or "
+                "X.reshape(1, -1) for a single sample"
+            )
         _check_dtype(x.dtype, f"X ({where})")
         if y is not None:
             _check_dtype(y.dtype, f"y ({where})")

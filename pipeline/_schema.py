@@ -47,6 +47,12 @@ def verify_checksum(meta, where, what, *, required=False):
         )
 
 
+def array_metadata_digest(array):
+    """SHA-256 of a zarr array's metadata (shape, codecs, endianness, fill value...)."""
+    text = json.dumps(array.metadata.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def new_schema(
     *,
     fmt,
@@ -60,12 +66,14 @@ def new_schema(
     attrs,
     uid=None,
     checksums=None,
+    array_metadata=None,
 ):
     """Return the schema dictionary of a finished store (JSON-serialisable).
 
-    ``checksums`` maps an array name to the CRC-32 of each of its chunks (memmap
-    stores; zarr's codec checks its own chunks). The schema carries a checksum of
-    itself (:func:`with_checksum`).
+    ``checksums`` maps an array name to the CRC-32 of each of its decoded chunks;
+    ``array_metadata`` maps it to :func:`array_metadata_digest` (zarr stores). The
+    schema carries a checksum of itself (:func:`with_checksum`), so neither can be
+    removed unnoticed.
     """
     schema = {
         "format_version": FORMAT_VERSION,
@@ -83,6 +91,8 @@ def new_schema(
     }
     if checksums is not None:
         schema["checksums"] = checksums
+    if array_metadata is not None:
+        schema["array_metadata"] = array_metadata
     return with_checksum(schema)
 
 

@@ -31,7 +31,15 @@ import zarr
 from dask.base import tokenize
 from zarr.core.sync import sync
 
-from pipeline._atomic import atomic_dir, check_destination, local_path, read_marker, url_fs
+from pipeline._atomic import (
+    MARKER,
+    atomic_dir,
+    check_destination,
+    kind_of,
+    local_path,
+    read_marker,
+    url_fs,
+)
 from pipeline._inputs import (
     PieceChecker,
     blocks_of,
@@ -43,6 +51,7 @@ from pipeline._schema import (
     SCHEMA_FILE,
     SCHEMA_KEY,
     ClassCollector,
+    array_metadata_digest,
     check_arrays,
     check_schema,
     new_schema,
@@ -150,10 +159,14 @@ def write(
         file, a directory of other files: ``FileExistsError`` before any work).
         Locally the new store is swapped in for the old one in one step once
         complete; of two writers to one new path exactly one wins. On
-        non-local fsspec URLs (no rename there) the old store is removed first: a
-        failed write then leaves nothing that opens, and the old data is gone.
+        non-local fsspec URLs (object stores have no rename) the store is written
+        in place: the old store is removed first, so a failed write leaves nothing
+        that opens and the old data is gone; a second writer arriving while one
+        writes is refused, and chunks mixed by two writers that raced past that
+        check fail their checksums on read instead of reading silently.
     attrs : dict, optional
-        JSON-serialisable user metadata kept in the schema under ``"attrs"``.
+        JSON-serialisable user metadata kept in the schema under ``"attrs"``, as JSON
+        stores it (keys become strings); anything else is a ``TypeError`` before any work.
     progress : bool or str, default=False
         Show a tqdm progress bar over samples written (a str is its description).
 
@@ -168,7 +181,7 @@ def write(
     if chunk_rows is not None and (not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1):
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     if attrs is not None:
-        json.dumps(attrs)  # fail before writing anything if attrs cannot be stored
+        attrs = _as_json(attrs)  # fail before writing anything if attrs cannot be stored
     local = _local_path(path)
     if local is None and format == "memmap":
         raise ValueError(f"format='memmap' needs a local path, got {path!r}")
@@ -220,9 +233,20 @@ def _write_blocks(location, format, first, blocks, rows, uid, attrs, progress, X
             classes=None if y0 is None or y0.ndim != 1 else classes.classes,
             attrs=attrs,
             checksums=writer.checksums,
+            array_metadata=writer.array_metadata(),
         )
         writer.finish(schema)
     return schema
+
+
+def _as_json(attrs):
+    """``attrs`` as JSON stores and reads it back (keys become strings), or TypeError."""
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict, got {type(attrs).__name__}")
+    try:
+        return json.loads(json.dumps(attrs, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"attrs must be JSON-serialisable (no NaN or infinity): {exc}") from None
 
 
 def _known_length(X):
@@ -271,8 +295,9 @@ class _ChunkReader:
     from the store); opens the array lazily in each process. Turns a missing or
     undecodable chunk into a :class:`ChunkReadError` naming the array and chunk,
     and checks after every read that the store is still the one opened (its uid),
-    else :class:`StoreChangedError`. Memmap chunks are checked against the CRC-32
-    checksums written with the store.
+    else :class:`StoreChangedError`. Chunks are checked against the CRC-32
+    checksums written with the store (zarr stores from before these checksums
+    rely on zstd's own).
     """
 
     def __init__(self, location, name, fmt, shape, dtype, chunk_rows, uid, checksums=None):
@@ -309,7 +334,8 @@ class _ChunkReader:
                 f"{now} now); open it again to read the new data"
             )
 
-    def _read_zarr(self, arr, key, first, last):
+    def _check_present(self, arr, first, last):
+        """Refuse a zarr chunk that is missing (zarr would read its fill value)."""
         for i in range(first, last + 1):
             if not self._chunk_key_exists(arr, i):
                 start, stop = self._rows(i)
@@ -317,12 +343,13 @@ class _ChunkReader:
                     f"store {self.location}: array {self.name!r} chunk {i} "
                     f"(rows {start}-{stop - 1}) is missing"
                 )
-        return np.asarray(arr[key])
 
-    def _read_memmap(self, arr, key, first, last):
+    def _read_chunks(self, arr, key, first, last):
         """Whole chunks, each checked against its checksum, then the rows asked for."""
+        if self.fmt == "zarr":
+            self._check_present(arr, first, last)
         lo, hi = self._rows(first)[0], self._rows(last)[1]
-        block = np.array(arr[lo:hi])
+        block = np.asarray(arr[lo:hi]) if self.fmt == "zarr" else np.array(arr[lo:hi])
         if self.checksums is not None:
             for i in range(first, last + 1):
                 start, stop = (r - lo for r in self._rows(i))
@@ -345,9 +372,7 @@ class _ChunkReader:
             f"-{last}" if last != first else ""
         )
         try:
-            arr = self._open()
-            read = self._read_zarr if self.fmt == "zarr" else self._read_memmap
-            out = read(arr, key, first, last)
+            out = self._read_chunks(self._open(), key, first, last)
         except ChunkReadError:
             self._check_unchanged()  # a chunk missing because the store was replaced
             raise
@@ -391,6 +416,12 @@ def _stored_arrays(fmt, location, schema, path):
         try:
             if fmt == "zarr":
                 arr = zarr.open_group(location, mode="r")[name]
+                digest = (schema.get("array_metadata") or {}).get(name)
+                if digest is not None and digest != array_metadata_digest(arr):
+                    raise ValueError(
+                        f"the metadata of its array {name!r} ({name}/zarr.json: codecs, "
+                        "endianness, fill value...) was edited since it was written"
+                    )
                 found[name] = (tuple(arr.shape), arr.dtype, arr.chunks[0])
             else:
                 shape, dtype, present, needed = _npy_layout(Path(location) / f"{name}.npy")
@@ -423,6 +454,11 @@ def _read_schema(path, local):
             return "memmap", check_schema(schema, path, marked=_marked(local)), str(local)
         if not (local / "zarr.json").exists():
             raise ValueError(f"{path} is not a pipeline store: no zarr.json or {SCHEMA_FILE} in it")
+        try:
+            json.loads((local / "zarr.json").read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path} is a corrupt pipeline store: its zarr.json is not valid "
+                             f"JSON (truncated or edited): {exc}") from None
         location = str(local)
     else:
         location = path
@@ -472,7 +508,19 @@ def open(path):  # noqa: A001 - the public name is pipeline.store.open
         ``path`` is a URL whose fsspec driver (s3fs, gcsfs, ...) is not installed.
     """
     local = _local_path(path)
+    kind = kind_of(path)
+    if kind not in (None, "store"):
+        raise ValueError(
+            f"{path} is not a pipeline store: it holds a pipeline {kind}"
+            + (" (open it with pipeline.load)" if kind == "model" else "")
+        )
     fmt, schema, location = _read_schema(path, local)
+    marker = read_marker(location)
+    if marker is not None and marker.get("uid") != schema["uid"]:
+        raise ValueError(
+            f"{path} is a corrupt pipeline store: its {MARKER} names uid "
+            f"{marker.get('uid')!r}, its schema {schema['uid']!r} (edited by hand?)"
+        )
     check_arrays(schema, _stored_arrays(fmt, location, schema, path), path)
     return _dataset(path, location, schema)
 

@@ -453,11 +453,12 @@ def chunks(
         window=window,
         n_samples=int(X.shape[0]),
     )
-    position = 0 if state is None else _resume_position(state, config)
+    rows = batch_size * n_batches
+    total = math.ceil(X.shape[0] / rows)
+    position = 0 if state is None else _resume_position(state, config, total)
     if state is not None:
         _check_data(state, identity)
     plan = _window_plan(X.chunks[0], shuffle=shuffle, seed=seed, epoch=epoch, window=window)
-    rows = batch_size * n_batches
     if in_memory:
         reader = _MemoryBlocks(X.chunks[0], *in_memory)
     else:
@@ -466,18 +467,23 @@ def chunks(
         reader, X.chunks[0], y is not None, plan, config, transform, skip=position * rows
     )
     items = _produce(windows, batch_size, n_batches)
-    total = math.ceil(X.shape[0] / rows)
     return ChunkStream(
         items, config=config, total=total, position=position, prefetch=prefetch, identity=identity
     )
 
 
-def _resume_position(state, config):
-    """Check a saved ``state()`` against this stream's configuration."""
+def _resume_position(state, config, total):
+    """Check a saved ``state()`` against this stream's configuration (``total`` chunks)."""
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"state must be a dict from ChunkStream.state(), got {state!r}")
     differ = {k: (state.get(k), v) for k, v in config.items() if state.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"state was saved from a different stream ({detail})")
-    return _check_int("state['position']", state["position"], 0)
+    position = _check_int("state['position']", state["position"], 0)
+    if position > total:
+        raise ValueError(
+            f"state['position'] is {position}, but this stream has only {total} chunks "
+            "(edited, or saved from another stream)"
+        )
+    return position

@@ -1,8 +1,8 @@
 """Writers that append whole chunks to a store being built (zarr or memmap).
 
 Each has ``append(X_block, y_block)`` (a block is one store chunk: ``rows``
-samples, the last may be shorter), ``n`` (samples written), ``checksums`` and
-``finish(schema)``, which writes the schema last; each is a context manager that
+samples, the last may be shorter), ``n`` (samples written), ``checksums`` (the
+CRC-32 of each chunk, per array), ``array_metadata()`` and ``finish(schema)``, which writes the schema last; each is a context manager that
 releases its files.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline._schema import SCHEMA_FILE, SCHEMA_KEY
+from pipeline._schema import SCHEMA_FILE, SCHEMA_KEY, array_metadata_digest
 
 NPY_HEADER_BYTES = 4096  # reserved .npy header, so a file of unknown length can stream
 
@@ -49,7 +49,9 @@ class ZarrWriter:
             for name, (dtype, tail) in shapes.items()
         }
         self.n = 0
-        self.checksums = None  # zarr's codec checksums every chunk itself
+        # CRC-32 of each decoded chunk: zstd's own checksum catches a damaged chunk,
+        # these catch a valid chunk in the wrong place (copied over another)
+        self.checksums = {name: [] for name in self.arrays}
 
     def __enter__(self):
         return self
@@ -62,10 +64,19 @@ class ZarrWriter:
         for name, block in (("X", x), ("y", y)):
             if name in self.arrays:
                 arr = self.arrays[name]
+                block = np.ascontiguousarray(block, arr.dtype)
+                self.checksums[name].append(zlib.crc32(block.data))
                 if stop > arr.shape[0]:
                     arr.resize((stop, *arr.shape[1:]))
                 arr[self.n : stop] = block
         self.n = stop
+
+    def array_metadata(self):
+        """``{name: digest}`` of each array's metadata as stored (codecs, endianness...)."""
+        return {
+            name: array_metadata_digest(zarr.open_array(self.group.store, path=arr.path, mode="r"))
+            for name, arr in self.arrays.items()
+        }
 
     def finish(self, schema):
         self.group.attrs.update({SCHEMA_KEY: schema})
@@ -107,6 +118,10 @@ class MemmapWriter:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    def array_metadata(self):
+        """None: a ``.npy`` header holds only what the schema checks (shape, dtype)."""
+        return None
 
     def append(self, x, y):
         for name, block in (("X", x), ("y", y)):

@@ -20,7 +20,7 @@ import zarr
 from sklearn.base import is_classifier
 
 from pipeline import nn
-from pipeline._atomic import atomic_dir, check_destination, local_path, read_marker
+from pipeline._atomic import atomic_dir, check_destination, kind_of, local_path, read_marker
 from pipeline._schema import verify_checksum, with_checksum
 
 __all__ = ["load", "save"]
@@ -195,6 +195,17 @@ def _open_model_group(path):
     local = local_path(path)
     if local is not None and not local.exists():
         raise FileNotFoundError(f"no model at {path}")
+    if local is not None and not local.is_dir():
+        raise ValueError(f"{path} is not a pipeline model: it is a file, not a directory")
+    kind = kind_of(path)
+    if kind not in (None, "model"):
+        hint = {
+            "store": " (open it with pipeline.store.open)",
+            "checkpoint": f" of parallel.fit; its model is {str(path).rstrip('/')}/model",
+        }
+        raise ValueError(
+            f"{path} is not a pipeline model: it holds a pipeline {kind}{hint.get(kind, '')}"
+        )
     try:
         group = zarr.open_group(str(local) if local is not None else path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:

@@ -77,8 +77,11 @@ def test_the_file_is_arrays_and_json_only(labelled, tmp_path):
 def test_load_refuses_what_is_not_a_model(tmp_path, zarr_store):
     with pytest.raises(FileNotFoundError, match="no model at"):
         pipeline.load(tmp_path / "missing.zarr")
-    with pytest.raises(ValueError, match="is not a pipeline model"):
+    with pytest.raises(ValueError, match="holds a pipeline store .open it with pipeline.store.open"):
         pipeline.load(zarr_store.path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt is not a pipeline model: it is a file"):
+        pipeline.load(tmp_path / "notes.txt")
     MLPRegressor().save(tmp_path / "m.zarr")
     meta = json.loads((tmp_path / "m.zarr" / "zarr.json").read_text())
     meta["attributes"]["pipeline-model"]["class"] = "os.system"

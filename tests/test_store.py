@@ -336,3 +336,82 @@ def test_missing_fsspec_driver_is_named():
             store.open("s3://bucket/data.zarr")
     else:
         pytest.skip("s3fs is installed")
+
+
+def test_zarr_chunk_copied_over_another_is_caught(tmp_path, xy):
+    # a valid chunk in the wrong place passes zstd's checksum; the store's CRCs catch it
+    ds = store.write(tmp_path / "s.zarr", *xy, chunk_rows=100)
+    chunks = tmp_path / "s.zarr" / "X" / "c"
+    (chunks / "4" / "0").write_bytes((chunks / "2" / "0").read_bytes())
+    np.testing.assert_array_equal(ds.X.blocks[2].compute(), xy[0][200:300])
+    with pytest.raises(ChunkReadError, match=r"array 'X' chunk 4 \(rows 400-499\) is corrupt"):
+        ds.X.compute()
+
+
+def test_edited_zarr_array_metadata_is_refused(tmp_path, xy):
+    store.write(tmp_path / "s.zarr", *xy, chunk_rows=100)
+    meta_file = tmp_path / "s.zarr" / "X" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["codecs"][0]["configuration"]["endian"] = "big"  # every value reads byte-swapped
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"array 'X' \(X/zarr.json.*was edited"):
+        store.open(tmp_path / "s.zarr")
+
+
+def test_edited_marker_uid_is_refused_on_open(tmp_path, xy):
+    store.write(tmp_path / "s.zarr", *xy, chunk_rows=100)
+    marker_file = tmp_path / "s.zarr" / "pipeline.json"
+    marker_file.write_text(json.dumps({**json.loads(marker_file.read_text()), "uid": "0" * 32}))
+    with pytest.raises(ValueError, match="corrupt pipeline store: its pipeline.json names uid"):
+        store.open(tmp_path / "s.zarr")
+
+
+def test_truncated_zarr_json_is_called_corrupt(tmp_path, xy):
+    store.write(tmp_path / "s.zarr", *xy, chunk_rows=100)
+    text = (tmp_path / "s.zarr" / "zarr.json").read_text()
+    (tmp_path / "s.zarr" / "zarr.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match="corrupt pipeline store: its zarr.json is not valid JSON"):
+        store.open(tmp_path / "s.zarr")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_open_names_another_pipeline_object(tmp_path, xy):
+    from pipeline import MLPRegressor
+
+    X, y = xy
+    MLPRegressor(hidden_layer_sizes=(2,), max_iter=1).fit(X[:50], y[:50]).save(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"holds a pipeline model \(open it with pipeline.load\)"):
+        store.open(tmp_path / "m")
+
+
+def test_attrs_are_stored_as_json_or_refused_before_writing(tmp_path):
+    ds = store.write(tmp_path / "a.zarr", np.ones((3, 2)), attrs={1: "one", "t": (1, 2)})
+    assert ds.attrs["attrs"] == {"1": "one", "t": [1, 2]}
+    assert store.open(tmp_path / "a.zarr").attrs["attrs"] == {"1": "one", "t": [1, 2]}
+    for bad in ({"x": float("nan")}, {"x": object()}, ["not", "a", "dict"]):
+        with pytest.raises(TypeError, match="attrs must be"):
+            store.write(tmp_path / "b.zarr", np.ones((3, 2)), attrs=bad)
+        assert not (tmp_path / "b.zarr").exists()
+
+
+def test_one_dimensional_x_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"X must be at least 2-D.*reshape\(-1, 1\)"):
+        store.write(tmp_path / "s.zarr", np.arange(10.0))
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_second_writer_to_a_url_is_refused_and_the_first_store_is_whole():
+    url = "memory://tests/two-writers.zarr"
+    refused = []
+
+    def source():
+        for i in range(4):
+            if i == 2:  # a second writer arrives mid-write
+                with pytest.raises(FileExistsError, match="being written now") as info:
+                    store.write(url, np.ones((30, 3), "f4"), overwrite=True)
+                refused.append(info)
+            yield np.full((10, 3), i, "f4"), np.full(10, i)
+
+    store.write(url, source(), chunk_rows=10, overwrite=True)
+    assert refused
+    np.testing.assert_array_equal(store.open(url).y.compute(), np.repeat(np.arange(4), 10))

@@ -203,6 +203,8 @@ def test_state_from_another_stream_is_refused():
     state = chunks(X, y, batch_size=8, seed=1).state()
     with pytest.raises(ValueError, match="seed: saved 1, now 2"):
         chunks(X, y, batch_size=8, seed=2, state=state)
+    with pytest.raises(ValueError, match=r"position.\] is 1000, but this stream has only 7 chunks"):
+        chunks(X, y, batch_size=8, seed=1, state={**state, "position": 1000})
 
 
 def test_state_names_its_data_and_refuses_other_data(tmp_path):
