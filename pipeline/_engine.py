@@ -167,6 +167,11 @@ class NeuralNetBase(BaseEstimator):
     _feature_ndim = (1,)  # the dimensions one sample may have: (1,) for flat vectors
     _scan_batches = True  # False: one jitted call per mini-batch (see nn.compiled_step)
 
+    def __pipeline_tags__(self):
+        """Our tags beside scikit-learn's: ``streams``, fit trains on dask arrays chunk by
+        chunk (a Pipeline hands it lazy input, not a materialised one)."""
+        return {"streams": True}
+
     def save(self, path, *, overwrite=False):
         """Write this estimator to a Zarr group (arrays + JSON); read it with
         :func:`pipeline.load`. No pickle is involved either way."""
