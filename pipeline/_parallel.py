@@ -11,7 +11,8 @@ never a different model. Numpy data is scattered to every worker; should every
 copy of it be lost, the client scatters it again and reruns the epoch's rounds
 from the last state it read. The client reads a few numbers per round (the
 loss), the state at the end of each epoch, and the state at each checkpoint.
-A checkpoint names the data it was made on, and a resume on other data is refused.
+A checkpoint names the data it was made on, and a resume on other data is refused;
+its metadata carries a checksum, and a hand-edited checkpoint is refused too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import uuid
 import warnings
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -33,10 +35,12 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from pipeline import _replica, nn
-from pipeline._atomic import atomic_dir, check_destination, kind_of, local_path
-from pipeline._engine import CHUNK_ROWS, NeuralNetBase
-from pipeline._netio import to_numpy
+from pipeline._atomic import atomic_dir, check_destination, kind_of, local_path, read_marker
+from pipeline._engine import CHUNK_ROWS, NeuralNetBase, _DeferredInterrupt
+from pipeline._inputs import lazy_view
+from pipeline._netio import as_streamed, is_streamed, to_numpy
 from pipeline._replica import Job, Round, Stored
+from pipeline._schema import verify_checksum, with_checksum
 from pipeline._store import open as open_store
 from pipeline.checkpoint import (
     _open_model_group,
@@ -131,7 +135,8 @@ def fit(
     Raises
     ------
     ValueError
-        Bad arguments; a closed client; a checkpoint of another fit or other data.
+        Bad arguments; a closed client; a checkpoint of another fit or other data,
+        or one whose metadata was edited (it does not match its checksum).
     ConnectionError
         The client cannot reach its scheduler.
     FileExistsError, PermissionError
@@ -151,8 +156,10 @@ def fit(
         scale_learning_rate=bool(scale_learning_rate),
     )
     verbose = estimator.verbose if verbose is None else verbose
-    with estimator._rollback():
-        return _fit(estimator, (X, y, sample_weight), client, options, target, every, verbose)
+    # deferred: Ctrl-C acts while the client waits on the cluster, never inside JAX
+    with estimator._rollback(), _DeferredInterrupt() as interrupt:
+        run = (client, options, target, every, interrupt)
+        return _fit(estimator, (X, y, sample_weight), run, verbose)
 
 
 def _check_estimator(est):
@@ -262,10 +269,12 @@ def _checkpoint_dir(path):
     return local
 
 
-def _fit(est, data, client, options, target, every, verbose):
+def _fit(est, data, run, verbose):
     X, y, sample_weight = data
+    client, options, target, every, interrupt = run
     if isinstance(X, (str, os.PathLike)):
         X = open_store(X)
+    y, sample_weight = _named_by_content(X, y, sample_weight)
     first = not hasattr(est, "_config") or not est.warm_start
     data = est._validate_training(X, y, sample_weight, reset=first)
     with jax.enable_x64(data.X.dtype == np.float64 if first else est._dtype == "float64"):
@@ -280,7 +289,7 @@ def _fit(est, data, client, options, target, every, verbose):
         est.n_iter_ = getattr(est, "n_iter_", 0) if progress.rounds_done else 0
         if est.early_stopping and not hasattr(est, "_best_params"):
             est._best_params = to_numpy(start.params)
-        run = _Run(client, job, train, options, target, every)
+        run = _Run(client, job, train, options, target, every, interrupt)
         start = run.epochs(est, start, progress, train.n, val, verbose)
         est._store_carry(_engine_carry(start))
         if est.early_stopping:
@@ -332,9 +341,37 @@ def _start(est, train, options):
         padding=_padding(est, train, bs),
         data_token=_data_token(train),
         average_optimizer_state=options["average_optimizer_state"],
+        fit=uuid.uuid4().hex,
     )
     start = Round(to_numpy(params), to_numpy(est._state), (to_numpy(opt_state),), est._key)
     return job, start
+
+
+def _named_by_content(X, y, sample_weight):
+    """In-memory ``y`` and ``sample_weight`` beside streamed ``X`` as dask arrays cut
+    like X's rows and named by their content, so that the data token (and a resume)
+    sees the same values as the same data; validation would name them at random.
+    What validation would refuse or check eagerly is left to it as it is."""
+    if not is_streamed(X):
+        return y, sample_weight
+    rows = as_streamed(X).chunks[0]
+    if any(math.isnan(r) for r in rows):
+        return y, sample_weight
+    return _by_content(y, rows, "y", (1, 2)), _by_content(sample_weight, rows, "weights", (1,))
+
+
+def _by_content(a, rows, what, ndims):
+    if a is None or is_streamed(a):
+        return a
+    values = np.asarray(a)
+    if values.ndim not in ndims or values.shape[0] != sum(rows):
+        return a
+    if what == "weights" and (
+        values.dtype.kind not in "biuf" or not np.isfinite(values.astype(np.float64)).all()
+    ):
+        return a
+    name = f"in-memory-{what}-{tokenize(values, rows)}"
+    return lazy_view(values, (rows, *values.shape[1:]), name=name)
 
 
 def _data_token(train):
@@ -365,8 +402,8 @@ class _Run:
     """The client's side of a fit: submits each epoch's rounds, reads their
     losses in order, keeps the books and writes the checkpoints."""
 
-    def __init__(self, client, job, train, options, target, every):
-        self.client, self.job, self.train = client, job, train
+    def __init__(self, client, job, train, options, target, every, interrupt):
+        self.client, self.job, self.train, self.interrupt = client, job, train, interrupt
         self.identity = _identity(train, job)
         self.options, self.target, self.every = options, target, every
         self.k, self.af = options["n_workers"], options["averaging_frequency"]
@@ -488,9 +525,12 @@ class _Run:
         futures = self.submit(epoch, progress.round, start)
         stats = [self.client.submit(_replica.summary, f) for f in futures]
         for r, (future, stat) in enumerate(zip(futures, stats, strict=True), progress.round):
-            progress = self.tally(epoch, r, progress, stat.result(), bar)
+            with self.interrupt.waiting():
+                summary = stat.result()
+            progress = self.tally(epoch, r, progress, summary, bar)
             if r + 1 == self.rounds or (self.target and progress.rounds_done % self.every == 0):
-                start = future.result()
+                with self.interrupt.waiting():
+                    start = future.result()
                 self.held = (start, progress)
                 if self.target is not None and r + 1 < self.rounds:
                     _save_checkpoint(self, est, start, progress)
@@ -520,7 +560,8 @@ class _Run:
                 f"a row without progress ({exc}); are the workers dying?"
             ) from exc
         try:
-            self.client.wait_for_workers(1, timeout=_WAIT_FOR_WORKERS)
+            with self.interrupt.waiting():
+                self.client.wait_for_workers(1, timeout=_WAIT_FOR_WORKERS)
         except TimeoutError as lost:
             raise RuntimeError(
                 f"parallel.fit lost its workers and none came back in {_WAIT_FOR_WORKERS} s"
@@ -556,7 +597,7 @@ def _save_checkpoint(run, est, start, progress):
         _write_group(snapshot, str(Path(tmp) / "model"))
         replicas = _write_tree(group, "replicas", list(start.opt_states[1:]))
         best = _write_tree(group, "best", est._best_params) if est.early_stopping else 0
-        group.attrs[CHECKPOINT] = {
+        meta = {
             "version": CHECKPOINT_VERSION,
             "progress": [float(v) if isinstance(v, float) else int(v) for v in progress],
             "stream": {  # where the next round reads, for people and tools
@@ -568,6 +609,7 @@ def _save_checkpoint(run, est, start, progress):
             "data": run.identity,
             "arrays": {"replicas": replicas, "best": best},
         }
+        group.attrs[CHECKPOINT] = with_checksum(meta)  # a hand edit is refused on resume
 
 
 def _fingerprint(job, options):
@@ -586,14 +628,21 @@ def _resume(est, target, job, options, identity):
     """The Round and progress a checkpoint holds; its books go into ``est``.
 
     A checkpoint written before data identities were recorded is resumed unchecked.
+    Its metadata and its model's must match their checksums, which a checkpoint with
+    a marker was written with (older ones have neither).
     """
     try:
         meta = zarr.open_group(str(target), mode="r").attrs[CHECKPOINT]
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise ValueError(f"{target} is not a parallel.fit checkpoint: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{target} is not a parallel.fit checkpoint: {CHECKPOINT} is no mapping")
+    marked = read_marker(target) is not None
+    verify_checksum(meta, target, "parallel.fit checkpoint", required=marked)
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{target} has checkpoint version {meta.get('version')!r}")
     group, model_meta = _open_model_group(target / "model")
+    verify_checksum(model_meta, target / "model", "model", required=marked)
     if model_meta["params"] != _params_json(est):
         raise ValueError(
             f"{target} holds a checkpoint of an estimator with other parameters; "

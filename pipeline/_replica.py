@@ -44,6 +44,8 @@ class Job(NamedTuple):
     batches single-process training runs after them (its last chunk is padded to
     whole batches), in which only the RNG key advances: replica 0 advances it as
     much at the end of an epoch, so one replica follows ``est.fit``'s key exactly.
+    ``fit`` is unique to one call of ``parallel.fit``: what a worker caches of the
+    data never outlives it (the values under a dask name may change between fits).
     """
 
     config: tuple
@@ -61,6 +63,7 @@ class Job(NamedTuple):
     padding: int
     data_token: str
     average_optimizer_state: bool
+    fit: str
 
 
 class Stored:
@@ -113,12 +116,16 @@ _WINDOWS: collections.OrderedDict = collections.OrderedDict()
 
 
 def _cached(cache, key, make, size):
+    """``cache[key]``, made on a miss. Keys start with their fit's id; another fit's
+    entries are dropped (a dask array rewritten in place keeps its name)."""
     with _CACHE_LOCK:
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
     value = make()
     with _CACHE_LOCK:
+        for stale in [k for k in cache if k[0] != key[0]]:
+            del cache[stale]
         cache[key] = value
         while len(cache) > size:
             cache.popitem(last=False)
@@ -142,7 +149,8 @@ def _rows(job, X, Y, epoch, lo, hi):
     The shuffled windows they fall in are read once per worker process and kept
     (a few of them), as neighbouring replicas and rounds read the same windows.
     """
-    sizes, reader = _cached(_READERS, job.data_token, lambda: _reader(job, X, Y), 2)
+    data = (job.fit, job.data_token)
+    sizes, reader = _cached(_READERS, data, lambda: _reader(job, X, Y), 2)
     config = dict(shuffle=job.shuffle, seed=job.seed, epoch=epoch)
     plan = _window_plan(sizes, shuffle=job.shuffle, seed=job.seed, epoch=epoch, window=job.window)
     starts = np.cumsum([0] + [sum(sizes[b] for b in blocks) for blocks in plan])
@@ -151,7 +159,7 @@ def _rows(job, X, Y, epoch, lo, hi):
         a, b = max(lo, starts[w]), min(hi, starts[w + 1])
         if a < b:
             n = int(starts[w + 1] - starts[w])
-            key = (job.data_token, job.shuffle, job.seed, job.window, epoch, w)
+            key = (*data, job.shuffle, job.seed, job.window, epoch, w)
             read = functools.partial(read_window, reader, blocks, n, True, config, w)
             Xw, Yw = _cached(_WINDOWS, key, read, 3)
             parts.append((Xw[a - starts[w] : b - starts[w]], Yw[a - starts[w] : b - starts[w]]))

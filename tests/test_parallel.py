@@ -304,12 +304,106 @@ def test_a_checkpoint_names_its_data(client, tiny, tmp_path):
         parallel.fit(
             MLPClassifier(**kw), X, y, sample_weight=w, averaging_frequency=2, checkpoint=path
         )
-    group = zarr.open_group(str(path), mode="r+")  # a checkpoint written before identities:
-    meta = dict(group.attrs[CHECKPOINT])
-    del meta["data"]
+    group = zarr.open_group(str(path), mode="r+")  # a checkpoint written before identities
+    meta = dict(group.attrs[CHECKPOINT])  # (and before markers and checksums):
+    del meta["data"], meta["checksum"]
     group.attrs[CHECKPOINT] = meta
+    (path / "pipeline.json").unlink()
     unchecked = parallel.fit(MLPClassifier(**kw), other, y, averaging_frequency=2, checkpoint=path)
     _assert_same_model(unchecked, first)  # accepted as it is: it cannot be checked
+
+
+def test_an_edited_checkpoint_is_refused(client, tiny, tmp_path):
+    X, y = tiny
+    path, kw = tmp_path / "ck", dict(TINY, max_iter=2)
+    parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2, checkpoint=path)
+    group = zarr.open_group(str(path), mode="r+")
+    saved = dict(group.attrs[CHECKPOINT])
+    edited = dict(saved, progress=[0, *saved["progress"][1:4], 0])  # "not finished, epoch 0"
+    group.attrs[CHECKPOINT] = edited
+    with pytest.raises(ValueError, match=f"{path}.* checksum does not match"):
+        parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2, checkpoint=path)
+    del edited["checksum"]  # a checkpoint with a marker is written with one
+    group.attrs[CHECKPOINT] = edited
+    with pytest.raises(ValueError, match=f"{path}.* checksum was removed"):
+        parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2, checkpoint=path)
+    group.attrs[CHECKPOINT] = saved
+    model = zarr.open_group(str(path / "model"), mode="r+")
+    meta = dict(model.attrs["pipeline-model"])
+    del meta["checksum"]  # the model's own, inside a checkpoint with a marker
+    model.attrs["pipeline-model"] = meta
+    with pytest.raises(ValueError, match="model metadata: its checksum was removed"):
+        parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2, checkpoint=path)
+
+
+def test_streamed_X_with_in_memory_targets_resumes(client, digits_store, tmp_path):
+    # in-memory y and sample weights beside a store's X are named by their content
+    X, y = digits_store.X, np.asarray(digits_store.y.compute())
+    w = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    other_y, other_w = y.copy(), w.copy()
+    other_y[3], other_w[7] = (y[3] + 1) % 10, w[7] + 1.0
+    kw = dict(SMALL, max_iter=1)
+
+    def fit(path, y, w):
+        est = MLPClassifier(**kw)
+        return parallel.fit(est, X, y, sample_weight=w, averaging_frequency=2, checkpoint=path)
+
+    for path, weights, others in [
+        (tmp_path / "y", None, [(other_y, None), (y, w)]),
+        (tmp_path / "yw", w, [(y, other_w), (other_y, w), (y, None)]),
+    ]:
+        first = fit(path, y, weights)
+        again = fit(path, y.copy(), None if weights is None else weights.copy())
+        _assert_same_model(again, first)  # resumed: the same values, other arrays
+        for data in others:
+            with pytest.raises(ValueError, match="fit on other data"):
+                fit(path, *data)
+
+
+def test_a_store_rewritten_in_place_is_read_again(client, tiny, tmp_path):
+    # the same dask name (da.from_zarr of one zarr array) over new values: the workers'
+    # caches of the first fit's windows must not feed the second fit
+    X, y = tiny
+    new = np.random.default_rng(1).normal(size=X.shape).astype("float32")
+
+    def write(name, values):
+        z = zarr.open_array(tmp_path / name, mode="w", shape=X.shape, chunks=(40, 8), dtype="f4")
+        z[:] = values
+        return z
+
+    z = write("X.zarr", X)
+    lazy_y = da.from_array(y, chunks=40)
+    Xd = da.from_zarr(z)
+    old = parallel.fit(MLPClassifier(**TINY), Xd, lazy_y, averaging_frequency=2)
+    z[:] = new
+    assert da.from_zarr(z).name == Xd.name
+    rewritten = parallel.fit(MLPClassifier(**TINY), Xd, lazy_y, averaging_frequency=2)
+    fresh = da.from_zarr(write("new.zarr", new))
+    expected = parallel.fit(MLPClassifier(**TINY), fresh, lazy_y, averaging_frequency=2)
+    _assert_same_model(rewritten, expected)
+    assert not np.array_equal(rewritten.coefs_[0], old.coefs_[0])
+
+
+def test_ctrl_c_acts_between_rounds_never_inside_jax(client, tiny, tmp_path):
+    X, y = tiny
+    path, kw = tmp_path / "ck", dict(TINY, early_stopping=True, n_iter_no_change=10)
+    reference = parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2)
+    est, ended = MLPClassifier(**kw), []
+    end_epoch = est._end_epoch
+
+    def interrupted_end_epoch(*args):  # Ctrl-C while the client scores the validation set
+        os.kill(os.getpid(), signal.SIGINT)
+        out = end_epoch(*args)
+        ended.append(est.n_iter_)
+        return out
+
+    est._end_epoch = interrupted_end_epoch
+    with pytest.raises(KeyboardInterrupt):
+        parallel.fit(est, X, y, averaging_frequency=2, checkpoint=path, checkpoint_every=1)
+    assert len(ended) == 1  # the epoch's end ran whole; the interrupt came after it
+    assert not hasattr(est, "coefs_")  # the estimator is as it was
+    resumed = parallel.fit(MLPClassifier(**kw), X, y, averaging_frequency=2, checkpoint=path)
+    _assert_same_model(resumed, reference)
 
 
 def test_checkpoint_destinations_are_checked_before_training(client, tiny, tmp_path):
