@@ -26,8 +26,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
-from pipeline._engine import NeuralNetBase
-from pipeline._inputs import default_chunk_rows, lazy_view
+from pipeline import _adapter, _steps
 from pipeline._netio import select_rows
 
 __all__ = ["Lazy", "Failure", "Plan", "fit_pipeline"]
@@ -99,12 +98,12 @@ def guarded(fn):
     return task
 
 
-# -- steps on in-memory or lazy data ----------------------------------------------------
+# -- steps on in-memory or lazy data: pipeline._steps decides how each learns -----------
 
 
 def streams(est):
-    """Whether ``est`` trains on dask arrays chunk by chunk (our networks do)."""
-    return isinstance(est, NeuralNetBase)
+    """Whether ``est`` trains on dask arrays chunk by chunk (our tag)."""
+    return _steps.streams(est)
 
 
 def _value(a):
@@ -115,40 +114,36 @@ def _materialize(a):
     return a.array.compute() if isinstance(a, Lazy) else a
 
 
-def fit_on(est, X, y, params):
-    """Fit ``est`` on a fold: streamed for our networks, chunk by chunk through
-    ``partial_fit`` for unsupervised transformers that have it (scalers,
-    IncrementalPCA), read into memory otherwise."""
-    if isinstance(X, Lazy) and not streams(est):
-        if hasattr(est, "partial_fit") and hasattr(est, "transform") and not params:
-            for i in range(X.array.numblocks[0]):
-                xb = X.array.blocks[i].compute()
-                yb = None if y is None else _value(y).blocks[i].compute()
-                est.partial_fit(xb) if yb is None else est.partial_fit(xb, yb)
-            return est
-        X, y = _materialize(X), _materialize(y)
-    args = (_value(X),) if y is None else (_value(X), _value(y))
+def fit_on(est, X, y, params, *, name="estimator", last=True, limit="auto"):
+    """Fit ``est`` on a fold: on lazy folds as :func:`pipeline._steps.fit_step` has
+    each kind of step learn (streamed, chunk by chunk, or read within ``limit``)."""
+    if isinstance(X, Lazy):
+        params = {k: _value(v) for k, v in params.items()}
+        return _steps.fit_step(
+            est, X.array, _value(y), params, name=name, limit=_steps.memory_limit(limit),
+            last=last,
+        )
+    args = (X,) if y is None else (X, _value(y))
     return est.fit(*args, **params)
 
 
-def transform_on(est, X):
-    """``est.transform`` of a fold: lazy (block by block) for lazy folds."""
+def transform_on(est, X, name="step"):
+    """``est.transform`` of a fold: lazy (one task per chunk) for lazy folds."""
     if not isinstance(X, Lazy):
         return est.transform(X)
-    if streams(est):
-        return Lazy(est.transform(X.array))
-    a = X.array.rechunk({i: -1 for i in range(1, X.array.ndim)})
-    probe = est.transform(a[:1].compute())
-    chunks = (a.chunks[0], *((s,) for s in probe.shape[1:]))
-    return Lazy(a.map_blocks(est.transform, chunks=chunks, dtype=probe.dtype, meta=probe[:0]))
+    return Lazy(_steps.transform_lazy(est, X.array, name=name))
 
 
-def fit_transform_on(est, X, y, params):
+def fit_transform_on(est, X, y, params, *, name="step", limit="auto"):
     if isinstance(X, Lazy):
-        est = fit_on(est, X, y, params)
-        return est, transform_on(est, X)
+        est = fit_on(est, X, y, params, name=name, last=False, limit=limit)
+        return est, transform_on(est, X, name)
     Xt = est.fit_transform(X, y, **params) if y is not None else est.fit_transform(X, **params)
     return est, Xt
+
+
+def _limit(est):
+    return getattr(est, "max_in_memory", "auto")
 
 
 def split_pipeline(est, params):
@@ -181,18 +176,18 @@ def fit_pipeline(est, X, y, params):
     parts = split_pipeline(est, {})
     if parts is None:
         return fit_on(est, X, y, params)
-    fitted, last = [], len(parts) - 1
+    fitted, last, limit = [], len(parts) - 1, _limit(est)
     for i, (name, step, _) in enumerate(parts):
         step = configured(step, {})
         p = {k.partition("__")[2]: v for k, v in params.items() if k.startswith(name + "__")}
         if step is None:
             fitted.append((name, "passthrough"))
         elif i == last:
-            fitted.append((name, fit_on(step, X, y, p)))
+            fitted.append((name, fit_on(step, X, y, p, name=name, limit=limit)))
         else:
-            step, X = fit_transform_on(step, X, y, p)
+            step, X = fit_transform_on(step, X, y, p, name=name, limit=limit)
             fitted.append((name, step))
-    return Pipeline(fitted, verbose=est.verbose)
+    return clone(est).set_params(steps=fitted)
 
 
 # -- tasks ------------------------------------------------------------------------------
@@ -225,9 +220,10 @@ def fit_step(spec, X, y, *params):
     fit_params = {**spec.static, **dict(zip(spec.param_names, params, strict=True))}
     start = time.perf_counter()
     est = configured(spec.estimator, {})
+    where = {"name": spec.name, "limit": spec.limit}
     if spec.last:
-        return fit_on(est, X, y, fit_params), None, time.perf_counter() - start
-    est, Xt = fit_transform_on(est, X, y, fit_params)
+        return fit_on(est, X, y, fit_params, **where), None, time.perf_counter() - start
+    est, Xt = fit_transform_on(est, X, y, fit_params, **where)
     return est, Xt, time.perf_counter() - start
 
 
@@ -239,7 +235,7 @@ def train_output(spec, fitted):
 
 @guarded
 def transform_step(spec, fitted, X):
-    return transform_on(fitted[0], X)
+    return transform_on(fitted[0], X, spec.name)
 
 
 def _scores(scorer, est, X, y):
@@ -248,8 +244,8 @@ def _scores(scorer, est, X, y):
     on the transformed fold in memory (it is the scorer's input anyway)."""
     if isinstance(X, Lazy):
         if isinstance(est, Pipeline):
-            for _, step in est.steps[:-1]:
-                X = X if step is None or step == "passthrough" else transform_on(step, X)
+            for name, step in est.steps[:-1]:
+                X = X if step is None or step == "passthrough" else transform_on(step, X, name)
             est = est.steps[-1][1]
         if not streams(est):
             X, y = _materialize(X), _materialize(y)
@@ -340,7 +336,7 @@ def assemble(spec, *fitted):
         return fitted[0][0]
     done = iter(fitted)
     steps = [(name, "passthrough" if absent else next(done)[0]) for name, absent in spec.names]
-    return Pipeline(steps)
+    return clone(spec.template).set_params(steps=steps)  # the caller's Pipeline class
 
 
 # -- the plan ---------------------------------------------------------------------------
@@ -358,14 +354,8 @@ def estimator_token(est):
 
 
 def as_lazy(a):
-    """Dask, zarr and memory-mapped arrays stay out of core; numpy stays in memory."""
-    if isinstance(a, da.Array):
-        return a
-    if isinstance(a, np.memmap) or (
-        hasattr(a, "chunks") and hasattr(a, "dtype") and not isinstance(a, np.ndarray)
-    ):
-        return lazy_view(a, (default_chunk_rows(a), *a.shape[1:]))
-    return None
+    """Streamed inputs (dask, zarr, memmap, stores) as dask arrays; numpy stays None."""
+    return _adapter.as_dask(a) if _adapter.is_streamed(a) else None
 
 
 class Plan:
@@ -447,12 +437,14 @@ class Plan:
                 continue
             last = i == len(parts) - 1
             names, values, static = self.fit_params(train, f"{name}__" if name else "")
-            fields = {"estimator": est, "last": last, "param_names": names, "static": static}
-            token = tokenize(estimator_token(est), X_key, train["y"], last, names, values, static)
+            fields = {"estimator": est, "last": last, "param_names": names, "static": static,
+                      "name": name or type(est).__name__, "limit": _limit(estimator)}
+            token = tokenize(estimator_token(est), X_key, train["y"], last, names, values, static,
+                             fields["limit"])
             key = self.task("fit", fit_step, fields, X_key, train["y"], *values, token=token)
             fits.append(key)
             X_key = None if last else self.task("train", train_output, {}, key)
-            steps.append((key, X_key))
+            steps.append((key, X_key, fields["name"]))
         return steps, fits
 
     def fitted(self, estimator, params, train):
@@ -465,13 +457,13 @@ class Plan:
             else [(p[0], s is None) for p, s in zip(parts, steps, strict=True)]
         )
         keys = [s[0] for s in steps if s is not None]
-        return self.task("assemble", assemble, {"names": names}, *keys)
+        return self.task("assemble", assemble, {"names": names, "template": estimator}, *keys)
 
     def through(self, steps, X_key):
         """Keys of ``X_key`` transformed by every fitted step but the last."""
         for step in steps[:-1]:
             if step is not None:
-                X_key = self.task("transform", transform_step, {}, step[0], X_key)
+                X_key = self.task("transform", transform_step, {"name": step[2]}, step[0], X_key)
         return X_key
 
     def candidate(self, estimator, params, train, test, spec_fields):

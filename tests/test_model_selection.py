@@ -339,3 +339,34 @@ def test_reports_plots_and_graph(data, capsys):
         ms.GridSearchCV(est, GRID).fit(X, y[:200])
     with pytest.raises(ValueError, match="Invalid parameter 'nope'"):
         ms.nested_cross_validate(est, {"clf__nope": [1]}, X, y)
+
+
+@pytest.mark.parametrize("kind", ["memmap", "zarr", "store"])
+def test_searches_over_our_pipeline_stay_lazy_on_every_streamed_input(lazy_data, kind, tmp_path):
+    import zarr
+
+    from pipeline import make_pipeline, store
+
+    X, y = (a.compute() for a in lazy_data)
+    if kind == "memmap":
+        np.save(tmp_path / "x.npy", X)
+        given = np.load(tmp_path / "x.npy", mmap_mode="r")
+    elif kind == "zarr":
+        given = zarr.create_array(str(tmp_path / "x.zarr"), shape=X.shape, chunks=(200, 10),
+                                  dtype=X.dtype)
+        given[:] = X
+    else:
+        given = store.write(tmp_path / "s.zarr", X, y, chunk_rows=200).X
+    pipe = make_pipeline(StandardScaler(), LogisticRegression())
+    grid = {"logisticregression__C": [0.1, 1.0]}
+    ours = ms.GridSearchCV(pipe, grid, cv=3).fit(given, y)
+    selected = [k for k in ours.dask_graph_ if k.startswith("data-X")]
+    assert not isinstance(ours.dask_graph_[selected[0]], np.ndarray)  # a lazy view, not a copy
+    theirs = skms.GridSearchCV(pipe, grid, cv=3).fit(X, y)
+    np.testing.assert_allclose(
+        ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"]
+    )
+    assert type(ours.best_estimator_) is type(pipe)
+    nested = ms.nested_cross_validate(pipe, grid, given, y, outer_cv=3, inner_cv=2)
+    expected = skms.cross_val_score(skms.GridSearchCV(pipe, grid, cv=2), X, y, cv=3)
+    np.testing.assert_allclose(nested["test_score"], expected)
