@@ -228,7 +228,8 @@ def _open_model_group(path):
 
 
 def load(path, **params):
-    """Read an estimator written by ``est.save(path)``; nothing is unpickled.
+    """Read an estimator written by ``est.save(path)``, or a Pipeline written by
+    ``Pipeline.save(path)``; nothing is unpickled.
 
     Parameters
     ----------
@@ -238,13 +239,17 @@ def load(path, **params):
         Constructor parameters to give back that a model file cannot hold: the
         ``module`` of a ``NeuralNetClassifier`` / ``NeuralNetRegressor`` (your
         code, which the file names but never stores). Its arrays must fit the saved
-        weights.
+        weights. For a Pipeline, ``<step>__module=``.
 
     Returns
     -------
     estimator
         Of the saved class, with the saved parameters and fitted state.
     """
+    if kind_of(path) == "pipeline":
+        from pipeline._pipeline_io import load_pipeline  # imports the Pipeline only when needed
+
+        return load_pipeline(path, **params)
     group, meta = _open_model_group(path)
     classes = _registry()
     if meta.get("class") not in classes:
