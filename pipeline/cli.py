@@ -74,6 +74,28 @@ def _refuse_overlap(dest, dest_name, inputs):
         )
 
 
+def _probe_writable(dest, dest_name):
+    """Create and remove a directory where ``dest`` would be built (its nearest
+    existing parent), so that an unwritable destination fails before any work:
+    ``os.access`` says yes to root even in /proc or on a read-only mount. Raises
+    ``OSError`` naming ``dest``; a non-local URL is not probed."""
+    from pipeline._atomic import local_path
+
+    local = local_path(dest)
+    if local is None:
+        return
+    parent = local.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{local.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise OSError(
+            f"cannot write {dest_name} {dest}: creating a directory in {parent} failed "
+            f"({exc.strerror or exc}); choose a writable place"
+        ) from None
+
+
 class _Interrupts:
     """Notice Ctrl-C even where a library turns it into a warning (``est.fit`` returns
     the model trained so far, as scikit-learn's does): SIGINT is recorded, then handed
@@ -132,18 +154,72 @@ def _check_address(scheduler, option="--scheduler"):
 
 def _connect(scheduler, timeout=None):
     """A ``distributed.Client`` of the scheduler at ``scheduler``, or a clear
-    ``ConnectionError`` after ``timeout`` seconds."""
+    ``ConnectionError`` after ``timeout`` seconds: also where something else listens
+    there (an HTTP server, a dashboard), which dask's own handshake waits on forever
+    or misreads as a frame of exabytes."""
     from distributed import Client
 
     timeout = _connect_timeout(timeout)
+    hint = "(--connect-timeout or $PIPELINE_CONNECT_TIMEOUT sets the wait)"
     try:
+        _handshake(scheduler, timeout)
         return Client(scheduler, timeout=timeout)
+    except TimeoutError:
+        raise ConnectionError(
+            f"cannot reach the dask scheduler at {scheduler} within {timeout:g} s: nothing "
+            "there answered as a dask scheduler does; is it running, and is the address "
+            f"(host and port) a dask scheduler's? {hint}"
+        ) from None
+    except _NotDask as exc:
+        raise ConnectionError(
+            f"{scheduler} is not a dask scheduler: it answered, but not in dask's protocol "
+            f"({exc}); is the address right (a scheduler listens on 8786 by default, its "
+            "dashboard on 8787)?"
+        ) from None
     except OSError as exc:  # distributed: "Timed out trying to connect to ... after N s"
         raise ConnectionError(
             f"cannot reach the dask scheduler at {scheduler} within {timeout:g} s ({exc}); "
-            "is it running, and is the address right? (--connect-timeout or "
-            "$PIPELINE_CONNECT_TIMEOUT sets the wait)"
+            f"is it running, and is the address right? {hint}"
         ) from None
+
+
+class _NotDask(Exception):
+    """What listens at an address answered, but not as a dask server."""
+
+
+def _handshake(address, timeout):
+    """Open a connection to ``address`` and exchange dask's handshake, all within
+    ``timeout`` seconds, then close it. Raises ``TimeoutError``, ``OSError`` (nothing
+    reachable) or ``_NotDask``. Runs on its own thread: the caller may be in an event loop."""
+    import asyncio
+
+    from distributed.comm import CommClosedError, connect
+    from distributed.security import Security
+
+    async def shake():
+        args = Security().get_connection_args("client")
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **args), timeout)
+        comm.abort()
+
+    outcome = []
+
+    def run():
+        try:
+            asyncio.run(shake())
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="pipeline-handshake", daemon=True)
+    thread.start()
+    thread.join()
+    exc = outcome[0] if outcome else None
+    if exc is None:
+        return
+    if isinstance(exc, CommClosedError):  # accepted, then closed or refused the handshake
+        raise _NotDask("it closed the connection") from None
+    if isinstance(exc, OSError) or not isinstance(exc, Exception):  # timeouts, Ctrl-C
+        raise exc
+    raise _NotDask(f"an unreadable reply: {type(exc).__name__}") from None  # an EiB "frame"
 
 
 def _parse_synthetic(spec):
@@ -182,6 +258,7 @@ def ingest(
         inputs.append(("target", target))
     _refuse_overlap(dest, "DEST", inputs)
     check_destination(dest, "store", overwrite=overwrite)
+    _probe_writable(dest, "DEST")
     common = dict(chunk_rows=chunk_rows, format=format, overwrite=overwrite, progress=progress)
     if source.startswith("synthetic:"):
         n, f = _parse_synthetic(source)
@@ -289,11 +366,13 @@ def train(
         connect_timeout = _connect_timeout(connect_timeout)
     _refuse_overlap(out, "--out", [("training store", store)])
     check_destination(out, "model", overwrite=overwrite)
+    _probe_writable(out, "--out")
     if checkpoint is not None:
         if local_path(checkpoint) is None:
             raise ValueError(f"--checkpoint must be a local directory, got {checkpoint!r}")
         _refuse_overlap(checkpoint, "--checkpoint", [("training store", store), ("--out", out)])
         check_destination(checkpoint, "checkpoint", overwrite=True)  # this fit's is resumed
+        _probe_writable(checkpoint, "--checkpoint")
     ds = open_store(store)
     if ds.y is None:
         raise ValueError(f"{store} holds no target y; train needs labels or targets")
@@ -481,6 +560,22 @@ def _grid(specs):
     return grid
 
 
+def _check_candidates(est, grid):
+    """Validate every candidate of ``grid`` as ``fit`` would, before any fit: a
+    ``ValueError`` naming the candidate and what is wrong (``alpha='abc'``)."""
+    from sklearn.base import clone
+    from sklearn.model_selection import ParameterGrid
+
+    for candidate in ParameterGrid(grid):
+        trial = clone(est).set_params(**candidate)
+        try:
+            trial._validate_params()  # scikit-learn's _parameter_constraints
+            trial._check_solver_options()  # what they cannot say (lbfgs with dropout)
+        except (ValueError, TypeError) as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in candidate.items())
+            raise ValueError(f"--param gives an invalid candidate ({shown}): {exc}") from None
+
+
 def search(
     store,
     grid,
@@ -511,6 +606,7 @@ def search(
     if out is not None:
         _refuse_overlap(out, "--out", [("training store", store)])
         check_destination(out, "model", overwrite=overwrite)
+        _probe_writable(out, "--out")
     if scheduler is not None and "://" in scheduler:
         connect_timeout = _connect_timeout(connect_timeout)
     ds = open_store(store)
@@ -520,6 +616,7 @@ def search(
     unknown = set(grid) - set(est.get_params())
     if unknown:
         raise ValueError(f"--param names no parameter of {type(est).__name__}: {sorted(unknown)}")
+    _check_candidates(est, grid)
     client = None
     if scheduler is not None and "://" in scheduler:
         client = scheduler = _connect(scheduler, connect_timeout)
@@ -784,7 +881,8 @@ def main(argv=None):
 
     Returns the exit status: 0, 2 for a usage error (bad arguments, a missing input,
     a destination that is refused), 1 for a failure (a corrupt or replaced store, an
-    unreachable scheduler, another I/O error), 130 after Ctrl-C. Errors are one line
+    unreachable scheduler or an address that is not one, a destination directory that
+    cannot be created, another I/O error), 130 after Ctrl-C. Errors are one line
     on stderr, ``pipeline COMMAND: error: ...``.
     """
     args = _parser().parse_args(argv)

@@ -1,5 +1,6 @@
 """The ``pipeline`` command: ingest every kind of source, demo, clear errors."""
 
+import os
 import re
 import subprocess
 import sys
@@ -382,3 +383,110 @@ def test_ctrl_c_as_a_user_presses_it(digit_stores, good_model, tmp_path):
     assert "nothing was saved" in run.stderr and "Traceback" not in run.stderr
     assert _marker(good_model)["uid"] == uid
     assert pipeline.load(good_model).n_iter_ == 5
+
+
+@pytest.fixture(params=["garbage", "silent", "close"])
+def not_a_scheduler(request):
+    """A tcp:// address where something that is not a dask scheduler listens: it
+    answers as an HTTP server does, says nothing, or closes every connection."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held, mode = [], request.param
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            if mode == "garbage":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            if mode == "close":
+                conn.close()
+            else:
+                held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield mode, f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_an_address_that_is_not_a_scheduler_fails_within_the_timeout(
+    digit_stores, capsys, monkeypatch, not_a_scheduler
+):
+    import time
+
+    from pipeline import MLPClassifier
+
+    mode, address = not_a_scheduler
+    monkeypatch.setattr(MLPClassifier, "fit", lambda *a, **k: pytest.fail("fit ran"))
+    out = str(digit_stores / "never.zarr")
+    train = ["train", str(digit_stores / "train.zarr"), "--out", out, "--scheduler", address]
+    search = ["search", str(digit_stores / "train.zarr"), "--param", "alpha=1", "--scheduler"]
+    for args in (train, [*search, address]):
+        t0 = time.perf_counter()
+        assert main([*args, "--connect-timeout", "1"]) == 1  # it hung, or was 2.8 EiB
+        assert time.perf_counter() - t0 < 1 + 5  # opening the store, importing distributed
+        err = capsys.readouterr().err
+        unreached = f"cannot reach the dask scheduler at {address} within 1 s"
+        not_dask = f"{address} is not a dask scheduler: it answered, but not in dask's"
+        expected = {"silent": [unreached], "garbage": [not_dask]}.get(mode, [unreached, not_dask])
+        assert any(e in err for e in expected), err  # close: as it happens to be seen
+        assert "Traceback" not in err and "EiB" not in err and len(err.strip().splitlines()) == 1
+    assert not (digit_stores / "never.zarr").exists()
+
+
+def test_connect_reaches_a_real_scheduler():
+    import distributed
+
+    from pipeline.cli import _connect
+
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as c:
+        with _connect(c.scheduler_address, 5) as client:
+            assert client.scheduler_info()["address"] == c.scheduler_address
+
+
+def test_search_refuses_a_bad_parameter_value_before_any_fit(digit_stores, capsys, monkeypatch):
+    from pipeline import MLPClassifier
+
+    monkeypatch.setattr(MLPClassifier, "fit", lambda *a, **k: pytest.fail("fit ran"))
+    args = ["search", str(digit_stores / "train.zarr"), "--hidden", "4", "--epochs", "1"]
+    assert main([*args, "--param", "alpha=1e-4;abc"]) == 2
+    err = capsys.readouterr().err
+    assert "--param gives an invalid candidate (alpha='abc')" in err
+    assert "The 'alpha' parameter of MLPClassifier must be" in err
+    assert main([*args, "--param", "solver=lbfgs;adam", "--param", "dropout=0.5", "--nested", "2"])
+    err = capsys.readouterr().err
+    assert "(dropout=0.5, solver='lbfgs')" in err and "supports neither dropout" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_unwritable_destination_fails_before_any_work(digit_stores, capsys, monkeypatch):
+    import pipeline._datasets
+    import pipeline._store
+
+    # as for root: os.access says yes everywhere, but nothing can be created in /proc
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    monkeypatch.setattr(pipeline._store, "open", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr(pipeline._datasets, "load_digits", lambda: pytest.fail("work started"))
+    train = ["train", str(digit_stores / "train.zarr"), "--quiet"]
+    search = ["search", str(digit_stores / "train.zarr"), "--param", "alpha=1"]
+    checkpoint = ["--scheduler", "tcp://127.0.0.1:1", "--out", str(digit_stores / "n.zarr")]
+    runs = {
+        "--out /proc/pipeline-x": [*train, "--out", "/proc/pipeline-x"],
+        "--checkpoint /proc/pipeline-x": [*train, *checkpoint, "--checkpoint", "/proc/pipeline-x"],
+        "--out /proc/pipeline-x/m.zarr": [*search, "--out", "/proc/pipeline-x/m.zarr"],
+        "DEST /proc/pipeline-x": ["ingest", "digits", "/proc/pipeline-x"],
+    }
+    for named, args in runs.items():
+        assert main(args) == 1, named
+        err = capsys.readouterr().err
+        assert f"error: cannot write {named}: creating a directory in /proc failed" in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (digit_stores / "n.zarr").exists()
