@@ -63,6 +63,7 @@ _OWNED = {
     "store": {"zarr.json", "X", "y", "X.npy", "y.npy", "schema.json", MARKER},
     "model": {"zarr.json", "params", "state", "opt_state", "key", "classes", MARKER},
     "checkpoint": {"zarr.json", "model", "replicas", "best", MARKER},
+    "pipeline": {"zarr.json", "steps", MARKER},
 }
 _LEGACY_AGE = 3600.0  # seconds: a legacy leftover (no claim, no lock) older than this is stale
 # the attribute keys under which older files said what they are (before MARKER)
@@ -171,6 +172,10 @@ def kind_of(path):
     return _legacy_kind(path, local)
 
 
+def _kind_words(kind):
+    return "a saved pipeline.Pipeline" if kind == "pipeline" else f"a pipeline {kind}"
+
+
 def describe(path):
     """A few words on what is at ``path``, for error messages."""
     local = local_path(path)
@@ -180,7 +185,7 @@ def describe(path):
             return "nothing"
         kind = kind_of(path)
         if kind:
-            return f"a pipeline {kind}"
+            return _kind_words(kind)
         if fs.exists(p.rstrip("/") + "/" + _CLAIM):
             return "a pipeline object being written now, or whose write never finished"
         return "data that is not a pipeline object"
@@ -190,7 +195,7 @@ def describe(path):
         return "a file" if local.is_file() else "something that is not a directory"
     kind = kind_of(local)
     if kind:
-        return f"a pipeline {kind}"
+        return _kind_words(kind)
     names = sorted(p.name for p in local.iterdir())
     if not names:
         return "an empty directory"
@@ -234,7 +239,7 @@ def check_destination(path, kind, *, overwrite=False):
     if local is not None:
         if local.is_symlink():
             raise FileExistsError(
-                f"refusing to write a pipeline {kind} to {path}: it is a symbolic link (to "
+                f"refusing to write {_kind_words(kind)} to {path}: it is a symbolic link (to "
                 f"{os.readlink(local)}); write to the path it points to instead"
             )
         _writable_parent(local)
@@ -250,8 +255,8 @@ def check_destination(path, kind, *, overwrite=False):
     what = describe(path)
     if not empty and kind_of(path) != kind:
         raise FileExistsError(
-            f"refusing to write a pipeline {kind} to {path}: it holds {what}, and overwrite "
-            f"replaces only a pipeline {kind}; choose another path or remove it yourself"
+            f"refusing to write {_kind_words(kind)} to {path}: it holds {what}, and overwrite "
+            f"replaces only {_kind_words(kind)}; choose another path or remove it yourself"
         )
     if not overwrite:
         raise FileExistsError(
@@ -286,7 +291,7 @@ def _refuse_nesting(path, local, kind):
         outer = kind_of(parent)
         if outer is not None:
             raise FileExistsError(
-                f"refusing to write a pipeline {kind} at {path}: it is inside {parent}, a "
+                f"refusing to write {_kind_words(kind)} at {path}: it is inside {parent}, a "
                 f"pipeline {outer}; choose a path outside it"
             )
 

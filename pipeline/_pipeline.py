@@ -74,6 +74,18 @@ class Pipeline(sk_pipeline.Pipeline):
     def __pipeline_tags__(self):
         return {"streams": True}
 
+    def save(self, path, *, overwrite=False):
+        """Write this Pipeline (fitted or not) to a Zarr group at ``path``; no pickle.
+
+        Our networks are stored as model groups, scikit-learn and dask-ml steps with
+        skops (trusted types only); a step that cannot be stored safely is refused,
+        named, before anything is written. ``overwrite=True`` replaces only a saved
+        Pipeline. Read it back with :func:`pipeline.load`.
+        """
+        from pipeline._pipeline_io import save_pipeline
+
+        save_pipeline(self, path, overwrite=overwrite)
+
     # -- fitting ---------------------------------------------------------------------
 
     def fit(self, X, y=None, **params):

@@ -218,11 +218,22 @@ def fit_step(step, X, y, params, *, name, limit, last=False):
         x0, y0 = _first_chunk(X, y)
         return step.fit(x0, y0) if y0 is not None else step.fit(x0)
     if kind == "dask":
-        return step.fit(X, y, **params) if y is not None else step.fit(X, **params)
+        step = step.fit(X, y, **params) if y is not None else step.fit(X, **params)
+        return _computed_attributes(step)
     if kind == "partial_fit" and (not last or is_classifier(step) or is_regressor(step)):
         return _incremental(step, X, y, params, last)
     Xm, ym, params = _read_into_memory(step, name, X, y, params, limit)
     return step.fit(Xm, ym, **params) if ym is not None else step.fit(Xm, **params)
+
+
+def _computed_attributes(step):
+    """``step`` with fitted attributes left as dask arrays (dask-ml's PCA ``mean_``)
+    computed, in one pass: a lazy one would re-read the training data at every
+    transform, and from a store that may have been replaced since."""
+    lazy = {k: v for k, v in vars(step).items() if k.endswith("_") and isinstance(v, da.Array)}
+    for name, value in zip(lazy, dask.compute(*lazy.values()), strict=True):
+        setattr(step, name, value)
+    return step
 
 
 def _step_token(step):

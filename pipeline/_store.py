@@ -510,9 +510,10 @@ def open(path):  # noqa: A001 - the public name is pipeline.store.open
     local = _local_path(path)
     kind = kind_of(path)
     if kind not in (None, "store"):
+        what = "a saved pipeline.Pipeline" if kind == "pipeline" else f"a pipeline {kind}"
         raise ValueError(
-            f"{path} is not a pipeline store: it holds a pipeline {kind}"
-            + (" (open it with pipeline.load)" if kind == "model" else "")
+            f"{path} is not a pipeline store: it holds {what}"
+            + (" (open it with pipeline.load)" if kind in ("model", "pipeline") else "")
         )
     fmt, schema, location = _read_schema(path, local)
     marker = read_marker(location)

@@ -126,7 +126,7 @@ def test_overwrite_replaces_only_a_pipeline(data, tmp_path):
     user.mkdir()
     (user / "notes.txt").write_text("mine")
     for path in (ds.path, model, user):
-        with pytest.raises(FileExistsError, match="overwrite replaces only a pipeline pipeline"):
+        with pytest.raises(FileExistsError, match="overwrite replaces only a saved pipeline.Pipeline"):
             save_pipeline(new, path, overwrite=True)
     assert (user / "notes.txt").read_text() == "mine"
     assert type(pipeline.load(model)) is MLPClassifier
@@ -213,7 +213,7 @@ def test_load_routes_code_to_its_step_and_refuses_other_keywords(data, tmp_path)
 def test_a_pipeline_is_not_a_store(data, tmp_path):
     X, y, _ = data
     save_pipeline(make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y), tmp_path / "p")
-    with pytest.raises(ValueError, match="is not a pipeline store: it holds a pipeline pipeline"):
+    with pytest.raises(ValueError, match="is not a pipeline store: it holds a saved pipeline.Pipeline .open it with pipeline.load"):
         store.open(tmp_path / "p")
 
 
