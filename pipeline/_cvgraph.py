@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
 from pipeline import _adapter, _steps
+from pipeline._steps import estimator_token
 from pipeline._netio import select_rows
 
 __all__ = ["Lazy", "Failure", "Plan", "fit_pipeline"]
@@ -340,17 +341,6 @@ def assemble(spec, *fitted):
 
 
 # -- the plan ---------------------------------------------------------------------------
-
-
-def estimator_token(est):
-    """A token of an estimator's class and parameters (nested estimators included)."""
-    if not isinstance(est, BaseEstimator):
-        return tokenize(est)
-    params = {
-        k: estimator_token(v) if isinstance(v, BaseEstimator) else v
-        for k, v in sorted(est.get_params(deep=False).items())
-    }
-    return tokenize(type(est).__module__, type(est).__qualname__, params)
 
 
 def as_lazy(a):

@@ -18,6 +18,7 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.metaestimators import available_if
 
 from pipeline import _adapter, _steps
+from pipeline._cache import PrefixCache
 from pipeline._targets import score_aggregate, score_chunk, score_combine
 
 __all__ = ["Pipeline", "make_pipeline"]
@@ -38,8 +39,16 @@ class Pipeline(sk_pipeline.Pipeline):
     ----------
     steps : list of (str, estimator)
         As scikit-learn's. Intermediate steps need ``fit`` and ``transform``.
-    transform_input, memory, verbose
-        As scikit-learn's (``memory`` applies to in-memory input).
+    transform_input, verbose
+        As scikit-learn's.
+    memory : str, path or joblib.Memory, optional
+        As scikit-learn's on in-memory input. On streamed input, the fitted steps
+        before the last and their output are kept in ``memory/pipeline-cache`` as a
+        saved Pipeline and a store (see :mod:`pipeline._cache`): later refits and
+        search candidates with the same prefix on the same data read them instead
+        of fitting and transforming again, and the last step's epochs read the
+        stored output instead of recomputing it. Keyed by the prefix's parameters and
+        the data's identity (a replaced store never hits a stale entry).
     max_in_memory : int, str or "auto", default="auto"
         On streamed input, the most bytes a step that cannot learn chunk by chunk
         (no ``partial_fit``, not dask-native, not ours; e.g. PCA) may read into
@@ -118,6 +127,19 @@ class Pipeline(sk_pipeline.Pipeline):
         routed = self._check_method_params(method=method, props=params)
         self.steps = list(self.steps)
         self._validate_steps()
+        cache = PrefixCache(self.memory) if len(self.steps) > 1 else None
+        if cache is not None and cache.root is not None:
+            Xt = self._fit_prefix_cached(cache, X, y, routed, limit)
+        else:
+            Xt = self._fit_prefix(X, y, routed, limit)
+        name, last = self.steps[-1]
+        if last is not None and last != "passthrough":
+            _steps.fit_step(last, Xt, y, dict(routed[name]["fit"]), name=name, limit=limit,
+                            last=True)
+        return Xt
+
+    def _fit_prefix(self, X, y, routed, limit):
+        """Fit every step but the last, in place; return their output, lazily."""
         Xt = X
         for idx, name, step in self._iter(with_final=False, filter_passthrough=False):
             if step is None or step == "passthrough":
@@ -127,11 +149,28 @@ class Pipeline(sk_pipeline.Pipeline):
             )
             self.steps[idx] = (name, fitted)
             Xt = _steps.transform_lazy(fitted, Xt, name=name)
-        name, last = self.steps[-1]
-        if last is not None and last != "passthrough":
-            _steps.fit_step(last, Xt, y, dict(routed[name]["fit"]), name=name, limit=limit,
-                            last=True)
         return Xt
+
+    def _fit_prefix_cached(self, cache, X, y, routed, limit):
+        """:meth:`_fit_prefix` through ``memory=``: a hit loads the fitted prefix and
+        reads its output from the cache instead of fitting and transforming again."""
+        prefix = self.steps[:-1]
+        params = {name: dict(routed[name]["fit"]) for name, _ in prefix}
+        key = cache.key(prefix, X, y, params)
+        fitted = cache.load_prefix(key)
+        if fitted is None:
+            self._fit_prefix(X, y, routed, limit)
+            cache.save_prefix(key, self.steps[:-1], self)
+        else:
+            self.steps[:-1] = fitted
+
+        def output():
+            Xt = X
+            for _, name, step in self._iter(with_final=False):
+                Xt = _steps.transform_lazy(step, Xt, name=name)
+            return Xt
+
+        return cache.output(key, output, X.chunks[0])
 
     @available_if(_final_has("partial_fit"))
     def partial_fit(self, X, y=None, **params):

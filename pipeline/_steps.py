@@ -28,18 +28,21 @@ import concurrent.futures
 import os
 import pickle
 
+import cloudpickle
+
 import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.utils import format_bytes, parse_bytes
-from sklearn.base import is_classifier, is_regressor
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.utils import get_tags
 
 from pipeline._inputs import lazy_view
 
 __all__ = [
     "ONLY_SHAPE",
+    "estimator_token",
     "fit_step",
     "iter_blocks",
     "memory_limit",
@@ -64,6 +67,17 @@ def streams(est):
     """Whether ``est`` trains on a dask array chunk by chunk itself (our tag)."""
     tags = getattr(est, "__pipeline_tags__", None)
     return bool(tags is not None and tags().get("streams", False))
+
+
+def estimator_token(est):
+    """A token of an estimator's class and parameters (nested estimators included)."""
+    if not isinstance(est, BaseEstimator):
+        return tokenize(est)
+    params = {
+        k: estimator_token(v) if isinstance(v, BaseEstimator) else v
+        for k, v in sorted(est.get_params(deep=False).items())
+    }
+    return tokenize(type(est).__module__, type(est).__qualname__, params)
 
 
 def _qualname(est):
@@ -214,6 +228,10 @@ def fit_step(step, X, y, params, *, name, limit, last=False):
     kind = step_kind(step)
     if kind == "streams":
         return step.fit(X, y, **params) if y is not None else step.fit(X, **params)
+    return _settled(_fit_by_kind(step, kind, X, y, params, name, limit, last))
+
+
+def _fit_by_kind(step, kind, X, y, params, name, limit, last):
     if kind == "stateless":
         x0, y0 = _first_chunk(X, y)
         return step.fit(x0, y0) if y0 is not None else step.fit(x0)
@@ -224,6 +242,16 @@ def fit_step(step, X, y, params, *, name, limit, last=False):
         return _incremental(step, X, y, params, last)
     Xm, ym, params = _read_into_memory(step, name, X, y, params, limit)
     return step.fit(Xm, ym, **params) if ym is not None else step.fit(Xm, **params)
+
+
+def _settled(step):
+    """``step`` with its fitted arrays C-contiguous: a view left by the fit (IncrementalPCA's
+    ``components_``) would take another BLAS path than the same array saved and loaded
+    (or cached), and transform differently in the last bits."""
+    for name, value in vars(step).items():
+        if name.endswith("_") and isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+            setattr(step, name, np.ascontiguousarray(value))
+    return step
 
 
 def _computed_attributes(step):
@@ -237,15 +265,26 @@ def _computed_attributes(step):
 
 
 def _step_token(step):
-    return tokenize(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL))
+    """A token of a fitted step's content (cloudpickle: local classes too)."""
+    return tokenize(cloudpickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _densify(a):
     return a.toarray() if hasattr(a, "toarray") else np.asarray(a)
 
 
+def _guarded(block, step):
+    """The block a step may see: a copy for dask-ml (its scalers transform in place),
+    else read-only, so that no step rewrites the caller's data (a memmap's file)."""
+    if type(step).__module__.startswith("dask_ml."):
+        return np.array(block)
+    view = np.asarray(block).view()
+    view.flags.writeable = False
+    return view
+
+
 def _apply(block, step, name, method):
-    out = _densify(getattr(step, method)(block))
+    out = _densify(getattr(step, method)(_guarded(block, step)))
     if out.dtype.kind in "fc" and not np.isfinite(out).all():
         if np.isfinite(np.asarray(block, np.float64)).all():
             raise ValueError(

@@ -75,14 +75,6 @@ def test_dask_ml_scaler_in_pipeline_on_a_store(tmp_path, data, name, fitted):
     assert (pred == eager.predict(X.copy())).mean() >= 0.99
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="our bug: pipeline._steps._apply hands each numpy chunk itself to a fitted "
-    "step's transform, and dask-ml's StandardScaler.transform does `X -= self.mean_` "
-    "in place, so fitting the Pipeline rewrites the caller's data (the chunks held "
-    "by a da.from_array graph; an np.load(mmap_mode='r+') file on disk)",
-)
 @pytest.mark.parametrize("kind", ["dask", "memmap"])
 def test_pipeline_with_dask_ml_standard_scaler_leaves_input_intact(tmp_path, data, kind):
     X, y, _ = data

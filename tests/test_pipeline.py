@@ -167,3 +167,65 @@ def test_scikit_learns_tools_see_a_pipeline(data):
     search = SkGridSearchCV(model, {"logisticregression__C": [0.1, 1.0]}, cv=2).fit(X, y)
     assert isinstance(search.best_estimator_, Pipeline)
     assert pipeline.Pipeline is Pipeline and isinstance(make_pipeline(Ridge()), Pipeline)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_memory_caches_the_prefix_and_its_output_bit_for_bit(data, tmp_path):
+    X, y, path, _ = data
+
+    def model(memory):
+        net = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+        return make_pipeline(StandardScaler(), IncrementalPCA(3), net, memory=memory)
+
+    plain = model(None).fit(store.open(path))
+    cold = model(tmp_path / "mem").fit(store.open(path))
+    entries = sorted(p.suffix for p in (tmp_path / "mem" / "pipeline-cache").iterdir())
+    assert entries == [".pipeline", ".zarr"]
+    warm = model(tmp_path / "mem")
+    calls = []
+    warm.steps[1][1].partial_fit = lambda *a, **k: calls.append(1)  # a hit never fits
+    warm.fit(store.open(path))
+    assert not calls
+    expect = plain.predict_proba(store.open(path)).compute()
+    for other in (cold, warm):
+        np.testing.assert_array_equal(other.predict_proba(store.open(path)).compute(), expect)
+    # a replaced store is other data: a new entry, never the stale one
+    store.write(tmp_path / "other.zarr", X[::-1].copy(), y[::-1].copy(), chunk_rows=128)
+    model(tmp_path / "mem").fit(store.open(tmp_path / "other.zarr"))
+    assert len(list((tmp_path / "mem" / "pipeline-cache").iterdir())) == 4
+
+
+def test_a_corrupt_or_foreign_cache_entry_is_an_error_naming_it(data, tmp_path):
+    import shutil
+
+    X, y, path, _ = data
+    model = make_pipeline(StandardScaler(), LogisticRegression(), memory=tmp_path / "mem")
+    model.fit(store.open(path))
+    cache = tmp_path / "mem" / "pipeline-cache"
+    entry = next(cache.glob("*.zarr"))
+    other = make_pipeline(MinMaxScaler(), LogisticRegression(), memory=tmp_path / "mem")
+    other.fit(store.open(path))
+    foreign = next(p for p in cache.glob("*.zarr") if p != entry)
+    shutil.rmtree(entry)
+    shutil.copytree(foreign, entry)  # another prefix's output under this key
+    with pytest.raises(ValueError, match=r"cache entry .* belongs to another prefix"):
+        clone(model).fit(store.open(path))
+    (entry / "zarr.json").write_text("{")
+    with pytest.raises(ValueError, match=r"cache entry .* is corrupt"):
+        clone(model).fit(store.open(path))
+
+
+@pytest.mark.parametrize("steps", [(StandardScaler(), LogisticRegression())], ids=["scaler"])
+def test_a_memmap_opened_for_writing_is_never_written(data, tmp_path, steps):
+    X, y, _, _ = data
+    np.save(tmp_path / "x.npy", X)
+    writable = np.load(tmp_path / "x.npy", mmap_mode="r+")
+
+    class InPlace(StandardScaler):
+        def transform(self, X, copy=None):
+            X -= self.mean_.astype(X.dtype)  # a careless step: refused, not obeyed
+            return X
+
+    with pytest.raises(ValueError, match="read-only"):
+        make_pipeline(InPlace(), LogisticRegression()).fit(writable, y)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), X)
