@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from pipeline._inputs import check_known_chunks, default_chunk_rows, lazy_view
+from pipeline._inputs import default_chunk_rows, lazy_view
 from pipeline._store import Dataset
 
 __all__ = ["as_dask", "dataset_xy", "is_streamed", "returns_lazy"]
@@ -77,7 +77,7 @@ def as_dask(a, name="X", rows=None):
     ----------
     a : streamed input, or None
     name : str
-        What ``a`` is, for error messages.
+        What ``a`` is (kept for messages of callers that check it).
     rows : int or tuple of int, optional
         Chunks along axis 0 for memmap input (default about 8 MB each).
 
@@ -103,5 +103,4 @@ def as_dask(a, name="X", rows=None):
         chunks = (rows if isinstance(rows, tuple) else rows, *a.shape[1:])
         prefix = "memmap" if isinstance(a, np.memmap) else "array"
         out = lazy_view(a, chunks, name=f"{prefix}-{tokenize(a)}")
-    check_known_chunks(out, name)
     return out

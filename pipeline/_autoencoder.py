@@ -20,7 +20,9 @@ from sklearn.utils.validation import _check_sample_weight, check_array, check_is
 from pipeline import nn
 from pipeline._engine import _Data
 from pipeline._heads import TRAINING_DOC, stochastic, with_parameters
-from pipeline._netio import as_streamed, check_known_chunks, is_streamed
+from pipeline._adapter import as_dask as as_streamed
+from pipeline._adapter import is_streamed, returns_lazy
+from pipeline._netio import check_known_chunks
 from pipeline._networks import _LAYER_CONSTRAINTS, Network, _sizes
 from pipeline._store import Dataset
 from pipeline._targets import target_table
@@ -147,7 +149,7 @@ class AutoEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Network):
         """Reconstructions of codes X of shape (n_samples, code_size): (n_samples,
         n_features); lazy for dask X."""
         check_is_fitted(self)
-        lazy_in = isinstance(X, (da.Array, Dataset))
+        lazy_in = returns_lazy(X)
         if is_streamed(X):
             X = self._codes_streamed(X)
         else:

@@ -12,7 +12,8 @@ import numpy as np
 from dask.base import tokenize
 
 from pipeline import nn
-from pipeline._inputs import default_chunk_rows, lazy_view
+from pipeline._adapter import as_dask as as_streamed
+from pipeline._adapter import is_streamed
 from pipeline._store import Dataset
 
 __all__ = [
@@ -29,23 +30,6 @@ __all__ = [
 ]
 
 PREDICT_ROWS = 1024  # inference runs on blocks of this many rows, padded: one compilation
-
-
-def is_streamed(X):
-    """True for inputs that are read chunk by chunk rather than held in memory."""
-    return isinstance(X, (da.Array, Dataset, np.memmap)) or type(X).__module__.startswith("zarr")
-
-
-def as_streamed(X):
-    """A dask array view of a streamed input (dask, zarr array, Dataset, memmap)."""
-    if isinstance(X, Dataset):
-        return X.X
-    if isinstance(X, da.Array):
-        return X
-    if type(X).__module__.startswith("zarr"):
-        return da.from_zarr(X)
-    rows = default_chunk_rows(X.shape[1:], X.dtype)
-    return lazy_view(X, (rows, *X.shape[1:]), name=f"memmap-{tokenize(X)}")
 
 
 def check_known_chunks(a, name):

@@ -26,7 +26,8 @@ import numpy as np
 from dask.base import tokenize
 
 from pipeline._graph import BlockGraph
-from pipeline._inputs import blocks_of, default_chunk_rows, lazy_view
+from pipeline._adapter import as_dask, is_streamed
+from pipeline._inputs import blocks_of, default_chunk_rows
 from pipeline._store import Dataset
 
 __all__ = ["Chunk", "ChunkStream", "chunks", "data_identity", "epoch_order"]
@@ -69,18 +70,6 @@ def _layout(a, rows=None):
         n = a.shape[0]
         rows = tuple(min(step, n - s) for s in range(0, n, step)) or (0,)
     return _Layout(a.shape, (rows, *((d,) for d in a.shape[1:])))
-
-
-def _as_dask(X, rows=None):
-    """A dask view of X; ``rows``: its chunks along axis 0 (default ~8 MB each)."""
-    if X is None or isinstance(X, da.Array):
-        return X
-    if type(X).__module__.startswith("zarr"):
-        return da.from_zarr(X)
-    if not (hasattr(X, "shape") and hasattr(X, "dtype")):
-        X = np.asarray(X)
-    rows = rows or default_chunk_rows(X.shape[1:], X.dtype)
-    return lazy_view(X, (rows, *X.shape[1:]))
 
 
 def _window_plan(block_sizes, *, shuffle, seed, epoch, window):
@@ -245,10 +234,6 @@ class _MemoryBlocks:
     def read(self, blocks):
         s = self.starts
         return [[a[s[b] : s[b + 1]] for b in blocks] for a in self.arrays]
-
-
-def _in_memory(a):
-    return a is None or (type(a) is np.ndarray)
 
 
 def _read_windows(reader, sizes, has_y, plan, config, transform, skip):
@@ -422,10 +407,14 @@ def chunks(
     if isinstance(X, Dataset):
         X, y = X.X, X.y if y is None else y
     identity = _identity_of(X, y)
-    in_memory = [a for a in (X, y) if a is not None] if _in_memory(X) and _in_memory(y) else None
-    as_view = _layout if in_memory else _as_dask
+    if not (is_streamed(X) or is_streamed(y)):  # in memory: sliced, no dask graph
+        X, y = (None if a is None else np.asarray(a) for a in (X, y))
+        in_memory = [a for a in (X, y) if a is not None]
+        as_view = _layout
+    else:
+        in_memory, as_view = None, as_dask
     X = as_view(X)
-    y = as_view(y, X.chunks[0] if X is not None and X.ndim else None)
+    y = as_view(y, rows=X.chunks[0] if X is not None and X.ndim else None)
     if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("X must be an array with known chunk sizes along axis 0")
     if X.shape[0] == 0:
