@@ -340,9 +340,16 @@ def train(
     averaging_frequency=10,
     checkpoint=None,
     connect_timeout=None,
+    scale=None,
+    pca=None,
     **params,
 ):
     """Fit a model on the store at ``store`` (streamed from disk) and save it to ``out``.
+
+    ``scale`` (``"standard"``, ``"minmax"`` or ``"maxabs"``) and ``pca`` (a number of
+    components, IncrementalPCA) put preprocessing before the network: the whole is a
+    :class:`pipeline.Pipeline`, every step learnt in a streamed pass, saved to ``out``
+    as one pipeline and applied by ``pipeline evaluate``.
 
     With ``scheduler`` (a distributed scheduler's address, ``tcp://host:port``) the
     fit is :func:`pipeline.parallel.fit` on that cluster: one replica per worker,
@@ -359,13 +366,19 @@ def train(
 
     # every argument and destination is checked before any work starts
     sizes = _hidden(hidden)
+    prefix = _prefix(scale, pca)
+    if prefix and scheduler is not None:
+        raise ValueError(
+            "--scale and --pca train a Pipeline, which runs on this machine; --scheduler "
+            "trains the network alone on a cluster. Write a scaled store first, or drop one"
+        )
     if scheduler is None and checkpoint is not None:
         raise ValueError("--checkpoint needs --scheduler: it checkpoints parallel training")
     if scheduler is not None:
         _check_address(scheduler)
         connect_timeout = _connect_timeout(connect_timeout)
     _refuse_overlap(out, "--out", [("training store", store)])
-    check_destination(out, "model", overwrite=overwrite)
+    check_destination(out, "pipeline" if prefix else "model", overwrite=overwrite)
     _probe_writable(out, "--out")
     if checkpoint is not None:
         if local_path(checkpoint) is None:
@@ -376,7 +389,16 @@ def train(
     ds = open_store(store)
     if ds.y is None:
         raise ValueError(f"{store} holds no target y; train needs labels or targets")
+    if pca is not None and pca > int(np.prod(ds.X.shape[1:])):
+        raise ValueError(
+            f"--pca {pca} asks for more components than {store} has features "
+            f"({int(np.prod(ds.X.shape[1:]))})"
+        )
     est = _estimator(model, ds, hidden_layer_sizes=sizes, max_iter=epochs, **params)
+    if prefix:
+        from pipeline import make_pipeline
+
+        est = make_pipeline(*prefix, est)
     t0 = time.perf_counter()
     with _Interrupts() as interrupts:
         if scheduler is None:
@@ -388,6 +410,27 @@ def train(
     dt = time.perf_counter() - t0
     est.save(out, overwrite=overwrite)
     return est, ds, dt
+
+
+SCALERS = ("standard", "minmax", "maxabs")
+
+
+def _prefix(scale, pca):
+    """The preprocessing steps of ``--scale`` and ``--pca``: a list, maybe empty."""
+    from sklearn.decomposition import IncrementalPCA
+    from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler
+
+    steps = []
+    if scale is not None:
+        if scale not in SCALERS:
+            raise ValueError(f"--scale must be one of {', '.join(SCALERS)}, got {scale!r}")
+        steps.append({"standard": StandardScaler, "minmax": MinMaxScaler,
+                      "maxabs": MaxAbsScaler}[scale]())
+    if pca is not None:
+        if isinstance(pca, bool) or not isinstance(pca, (int, np.integer)) or pca < 1:
+            raise ValueError(f"--pca must be a positive number of components, got {pca!r}")
+        steps.append(IncrementalPCA(int(pca)))
+    return steps
 
 
 def _fit_on_cluster(est, ds, scheduler, averaging_frequency, checkpoint, connect_timeout=None):
@@ -427,29 +470,39 @@ def _cmd_train(args):
         averaging_frequency=args.averaging_frequency,
         checkpoint=args.checkpoint,
         connect_timeout=args.connect_timeout,
+        scale=args.scale,
+        pca=args.pca,
         **params,
     )
-    n = est.n_iter_ * len(ds)
+    net = est[-1] if hasattr(est, "steps") else est
+    n = net.n_iter_ * len(ds)
     print(
-        f"{type(est).__name__}: {est.n_iter_} epochs over {len(ds):,} samples in {dt:.1f} s "
-        f"({n / dt:,.0f} samples/s); final training loss {est.loss_:.4f}"
+        f"{_described(est)}: {net.n_iter_} epochs over {len(ds):,} samples in {dt:.1f} s "
+        f"({n / dt:,.0f} samples/s); final training loss {net.loss_:.4f}"
     )
     print(f"saved to {args.out}")
 
 
-def evaluate(model, store):
-    """Metrics of a saved model on a store: a printable report (str) and a dict.
+def _described(est):
+    if hasattr(est, "steps"):
+        return " -> ".join(type(step).__name__ for _, step in est.steps)
+    return type(est).__name__
 
-    A classifier's report covers every class of the model and of the store: a class
-    the model was never trained on is reported (its recall is 0), with a warning that
-    the model cannot predict it. A classifier on continuous targets, or labels of
-    another type than the model's classes (text against numbers), is refused.
-    A regressor is scored with R², MAE and RMSE; on a store of class labels
-    (integer targets with a ``classes`` schema) these treat the labels as numbers,
-    which is right for counts or ratings and meaningless for categories, so a
-    warning says so; non-numeric labels are refused.
+
+def evaluate(model, store):
+    """Metrics of a saved model (or Pipeline) on a store: a printable report and a dict.
+
+    Predictions and targets are read chunk by chunk: the confusion matrix, R², MAE
+    and RMSE are accumulated per chunk, so a store of any size is evaluated in the
+    memory of a few chunks. A classifier's report covers every class of the model
+    and of the store: a class the model was never trained on is reported (its
+    recall is 0), with a warning that the model cannot predict it. A classifier on
+    continuous targets, or labels of another type than the model's classes (text
+    against numbers), is refused. A regressor is scored with R², MAE and RMSE; on a
+    store of class labels (integer targets with a ``classes`` schema) these treat
+    the labels as numbers, which is right for counts or ratings and meaningless for
+    categories, so a warning says so; non-numeric labels are refused.
     """
-    from sklearn import metrics
     from sklearn.utils.multiclass import type_of_target
 
     from pipeline._store import open as open_store
@@ -458,13 +511,12 @@ def evaluate(model, store):
     est, ds = load(model), open_store(store)
     if ds.y is None:
         raise ValueError(f"{store} holds no target y to evaluate against")
-    y_true = ds.y.compute()
     name = type(est).__name__
     if not hasattr(est, "classes_"):
-        if y_true.dtype.kind not in "biuf":
+        if ds.y.dtype.kind not in "biuf":
             raise ValueError(
                 f"{model} is a regressor ({name}), but {store} holds labels of dtype "
-                f"{y_true.dtype}: a regressor cannot be scored on them; evaluate a classifier"
+                f"{ds.y.dtype}: a regressor cannot be scored on them; evaluate a classifier"
             )
         if ds.classes is not None:
             warnings.warn(
@@ -475,24 +527,16 @@ def evaluate(model, store):
                 UserWarning,
                 stacklevel=2,
             )
-        y_pred = est.predict(ds.X).compute()
-        scores = {
-            "r2": metrics.r2_score(y_true, y_pred),
-            "mae": metrics.mean_absolute_error(y_true, y_pred),
-            "rmse": metrics.root_mean_squared_error(y_true, y_pred),
-        }
+        scores = _regression_scores(est.predict(ds.X), ds.y)
         return "\n".join(f"{k:>5}  {v:.4f}" for k, v in scores.items()), scores
-    labels = _report_labels(est, model, store, y_true, type_of_target(y_true))
-    y_pred = est.predict(ds.X).compute()
-    if y_true.ndim > 1:  # multilabel: one row per label, no single confusion matrix
-        report = metrics.classification_report(
-            y_true, y_pred, target_names=[str(c) for c in labels], digits=4, zero_division=0
-        )
-        acc = metrics.accuracy_score(y_true, y_pred)
-        return f"accuracy {acc:.4f} on {len(y_true):,} samples\n\n{report}", {"accuracy": acc}
-    report = metrics.classification_report(y_true, y_pred, labels=labels, digits=4, zero_division=0)
-    cm = metrics.confusion_matrix(y_true, y_pred, labels=labels)
-    acc = metrics.accuracy_score(y_true, y_pred)
+    if ds.y.ndim > 1:  # multilabel: one row per label, no single confusion matrix
+        return _multilabel_report(est, model, store, ds)
+    values = np.asarray(ds.classes) if ds.classes is not None else _distinct(ds.y)
+    labels = _report_labels(est, model, store, values, type_of_target(values), ds.y.dtype)
+    cm = _confusion_streamed(est.predict(ds.X), ds.y, labels)
+    n = int(cm.sum())
+    acc = float(np.trace(cm) / n)
+    report = _report_from_confusion(cm, labels)
     width = max(5, *(len(str(c)) for c in labels), len(str(cm.max())))
     rows = [
         "confusion matrix (rows: true, columns: predicted)",
@@ -502,28 +546,121 @@ def evaluate(model, store):
         f"{str(c):>{width}} " + " ".join(f"{v:>{width}}" for v in r)
         for c, r in zip(labels, cm, strict=True)
     ]
-    text = f"accuracy {acc:.4f} on {len(y_true):,} samples\n\n{report}\n" + "\n".join(rows)
+    text = f"accuracy {acc:.4f} on {n:,} samples\n\n{report}\n" + "\n".join(rows)
     return text, {"accuracy": acc, "confusion_matrix": cm, "labels": labels}
 
 
-def _report_labels(est, model, store, y_true, target_type):
-    """The classes a classifier's report covers: the model's and the store's."""
+def _distinct(y):
+    """The distinct target values of a store without classes in its schema (one pass)."""
+    import dask.array as da
+
+    return np.unique(da.unique(y).compute())
+
+
+def _pairs(pred, y):
+    """``(prediction, target)`` numpy blocks, chunk by chunk, read ahead in a thread."""
+    import dask.array as da
+
+    from pipeline._steps import iter_blocks
+
+    pred = da.asarray(pred)
+    return iter_blocks([pred, y.rechunk({0: pred.chunks[0]})])
+
+
+def _confusion_streamed(pred, y, labels):
+    """The confusion matrix over ``labels`` (sorted), accumulated chunk by chunk."""
+    cm = np.zeros((len(labels), len(labels)), np.int64)
+    for pb, yb in _pairs(pred, y):
+        np.add.at(cm, (np.searchsorted(labels, yb), np.searchsorted(labels, pb)), 1)
+    return cm
+
+
+def _report_from_confusion(cm, labels, digits=4):
+    """scikit-learn's classification report, from a confusion matrix (each cell weighted)."""
+    from sklearn import metrics
+
+    i, j = np.nonzero(cm)
+    stats = metrics.classification_report(
+        labels[i], labels[j], labels=labels, sample_weight=cm[i, j], output_dict=True,
+        zero_division=0,
+    )
+    names = [str(c) for c in labels]
+    width = max(len(n) for n in [*names, "weighted avg"])
+    head = f"{'':>{width}s} " + "".join(f" {h:>9}" for h in
+                                         ("precision", "recall", "f1-score", "support"))
+    lines = [head, ""]
+    for key, name in zip([str(c) for c in labels], names, strict=True):
+        r = stats[key]
+        lines.append(f"{name:>{width}s} " + "".join(f" {r[k]:>9.{digits}f}" for k in
+                     ("precision", "recall", "f1-score")) + f" {int(round(r['support'])):>9}")
+    lines.append("")
+    total = int(cm.sum())
+    if "accuracy" in stats:
+        lines.append(f"{'accuracy':>{width}s} " + " " * 20 + f" {stats['accuracy']:>9.{digits}f}"
+                     + f" {total:>9}")
+    for avg in ("micro avg", "macro avg", "weighted avg"):
+        if avg in stats:
+            r = stats[avg]
+            lines.append(f"{avg:>{width}s} " + "".join(f" {r[k]:>9.{digits}f}" for k in
+                         ("precision", "recall", "f1-score")) + f" {int(round(r['support'])):>9}")
+    return "\n".join(lines) + "\n"
+
+
+def _regression_scores(pred, y):
+    """R² (stable chunk combine), MAE and RMSE, averaged over outputs as scikit-learn's."""
+    from pipeline._targets import score_aggregate, score_chunk, score_combine
+
+    stats, abs_sum, sq_sum, n = [], 0.0, 0.0, 0
+    for pb, yb in _pairs(pred, y):
+        P = np.asarray(pb, np.float64).reshape(len(pb), -1)
+        T = np.asarray(yb, np.float64).reshape(len(yb), -1)
+        stats.append(score_chunk("continuous", P, np.column_stack([T, np.ones(len(T))])))
+        abs_sum = abs_sum + np.abs(T - P).sum(0)
+        sq_sum = sq_sum + ((T - P) ** 2).sum(0)
+        n += len(T)
+    r2 = score_aggregate("continuous", score_combine("continuous", stats))
+    return {
+        "r2": float(r2),
+        "mae": float((abs_sum / n).mean()),
+        "rmse": float(np.sqrt(sq_sum / n).mean()),
+    }
+
+
+def _multilabel_report(est, model, store, ds):
+    """Multilabel stores: per-label report from the label matrix (n_samples x n_labels
+    of 0/1, read whole: small beside X)."""
+    from sklearn import metrics
+
+    y_true = ds.y.compute()
+    labels = _report_labels(est, model, store, y_true, "multilabel-indicator", y_true.dtype)
+    y_pred = np.asarray(est.predict(ds.X))
+    report = metrics.classification_report(
+        y_true, y_pred, target_names=[str(c) for c in labels], digits=4, zero_division=0
+    )
+    acc = metrics.accuracy_score(y_true, y_pred)
+    return f"accuracy {acc:.4f} on {len(y_true):,} samples\n\n{report}", {"accuracy": acc}
+
+
+def _report_labels(est, model, store, values, target_type, dtype):
+    """The classes a classifier's report covers: the model's and the store's
+    (``values``: the store's distinct targets, or the label matrix when multilabel)."""
     name, classes = type(est).__name__, np.asarray(est.classes_)
     if target_type in ("continuous", "continuous-multioutput"):
         raise ValueError(
             f"{model} is a classifier ({name}), but {store} holds continuous targets "
-            f"(dtype {y_true.dtype}, e.g. {y_true.ravel()[:3].tolist()}); evaluate a "
+            f"(dtype {dtype}, e.g. {np.ravel(values)[:3].tolist()}); evaluate a "
             "regressor on it"
         )
-    if y_true.ndim > 1:
+    if target_type == "multilabel-indicator":
         return classes
     numeric = lambda a: a.dtype.kind in "biuf"  # noqa: E731
-    if numeric(classes) != numeric(y_true):
+    values = np.asarray(values)
+    if numeric(classes) != numeric(values):
         raise ValueError(
             f"{model} predicts classes {_shown(classes)} ({classes.dtype}), but {store} holds "
-            f"labels {_shown(np.unique(y_true))} ({y_true.dtype}): they cannot match"
+            f"labels {_shown(values)} ({dtype}): they cannot match"
         )
-    labels = np.union1d(classes, np.unique(y_true))
+    labels = np.union1d(classes, values)
     unseen = np.setdiff1d(labels, classes)
     if len(unseen):
         warnings.warn(
@@ -777,6 +914,14 @@ def _parser():
     tr.add_argument("--dropout", type=float, default=0.0)
     tr.add_argument("--early-stopping", action="store_true")
     tr.add_argument("--random-state", type=int, default=0)
+    tr.add_argument(
+        "--scale", choices=SCALERS, default=None,
+        help="scale the features first (learnt in one streamed pass, saved with the model)",
+    )
+    tr.add_argument(
+        "--pca", type=int, default=None, metavar="N",
+        help="reduce to N components first (IncrementalPCA, streamed; saved with the model)",
+    )
     tr.add_argument("--out", required=True, help="where to save the model (a Zarr group)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing model")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -896,6 +1041,9 @@ def main(argv=None):
         except KeyboardInterrupt:
             print(f"{prefix}: {_interrupted(args)}", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader left (| head): quiet, as a killed writer
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         except USAGE_ERRORS as exc:
             print(f"{prefix}: error: {exc}", file=sys.stderr)
             return 2

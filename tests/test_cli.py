@@ -490,3 +490,52 @@ def test_an_unwritable_destination_fails_before_any_work(digit_stores, capsys, m
         assert f"error: cannot write {named}: creating a directory in /proc failed" in err
         assert len(err.strip().splitlines()) == 1
     assert not (digit_stores / "n.zarr").exists()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_train_with_scale_and_pca_saves_a_pipeline_that_evaluate_applies(digit_stores, capsys):
+    from sklearn import metrics
+
+    tmp = digit_stores
+    args = ["train", str(tmp / "train.zarr"), "--hidden", "32", "--epochs", "10", "--quiet"]
+    out = tmp / "scaled.zarr"
+    assert main([*args, "--scale", "minmax", "--pca", "12", "--out", str(out)]) == 0
+    assert "MinMaxScaler -> IncrementalPCA -> MLPClassifier: 10 epochs" in capsys.readouterr().out
+    model = pipeline.load(out)
+    assert isinstance(model, pipeline.Pipeline) and model[1].n_components_ == 12
+    assert main(["evaluate", str(out), str(tmp / "test.zarr")]) == 0
+    shown = capsys.readouterr().out
+    test = store.open(tmp / "test.zarr")
+    y, pred = test.y.compute(), model.predict(test.X).compute()
+    # the chunk-by-chunk report is scikit-learn's on the whole arrays
+    expected = metrics.classification_report(y, pred, labels=np.arange(10), digits=4,
+                                             zero_division=0)
+    assert expected in shown
+    assert f"accuracy {metrics.accuracy_score(y, pred):.4f} on 397 samples" in shown
+    # refused before any work: too many components, a Pipeline on a cluster
+    assert main([*args, "--pca", "65", "--out", str(tmp / "x.zarr")]) == 2
+    assert "more components than" in capsys.readouterr().err
+    cluster = ["--scale", "standard", "--scheduler", "tcp://127.0.0.1:1"]
+    assert main([*args, *cluster, "--out", str(tmp / "x.zarr")]) == 2
+    assert not (tmp / "x.zarr").exists()
+
+
+def test_evaluate_streams_a_regressor_as_scikit_learn_scores_it(tmp_path, capsys):
+    from sklearn import metrics
+
+    from pipeline import MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(700, 5)).astype(np.float32)
+    y = X @ np.arange(1.0, 6.0) + 3.0
+    store.write(tmp_path / "v.zarr", X, y, chunk_rows=128)
+    with pytest.warns(Warning):
+        reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+    reg.save(tmp_path / "r.zarr")
+    assert main(["evaluate", str(tmp_path / "r.zarr"), str(tmp_path / "v.zarr")]) == 0
+    shown = capsys.readouterr().out
+    pred = reg.predict(X)
+    for name, value in (("r2", metrics.r2_score(y, pred)),
+                        ("mae", metrics.mean_absolute_error(y, pred)),
+                        ("rmse", metrics.root_mean_squared_error(y, pred))):
+        assert f"{name:>5}  {value:.4f}" in shown
