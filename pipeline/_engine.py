@@ -87,6 +87,13 @@ def _caller_level():
     return level
 
 
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
 def _kind(spec):
     return dict(spec[1])["kind"]
 
@@ -316,7 +323,9 @@ class NeuralNetBase(BaseEstimator):
         factory, kwargs = self._model(tuple(feature_shape), n_outputs)
         return factory, tuple(sorted(kwargs.items()))
 
-    def _initialize(self, data):
+    def _initialize(self, data, *, warm=False):
+        """Fresh fitted state for ``data``; ``warm`` (a warm start or partial_fit on an
+        estimator not fitted yet) starts from :meth:`_given_params` instead of the draw."""
         self._dtype = self._data_dtype(data.X)
         rs = check_random_state(self.random_state)
         self._seed = int(rs.randint(np.iinfo(np.int32).max))
@@ -324,8 +333,10 @@ class NeuralNetBase(BaseEstimator):
         self.n_outputs_ = n_outputs
         self._config = self._model_config(self._feature_shape, n_outputs)
         key = jax.random.wrap_key_data(np.array([0, self._seed], np.uint32))  # = key(seed)
-        params, _ = nn.build(*self._config, key)
-        self._export_params(to_numpy(params))
+        with jax.enable_x64(False):  # drawn in float32 for every dtype, then cast, so that
+            params, _ = nn.build(*self._config, key)  # float32 and float64 fits start alike
+        params = jax.tree_util.tree_map(self._cast_param, to_numpy(params))
+        self._export_params(self._given_params(params) if warm else params)
         self._state = nn.initial_state(nn.model_shapes(*self._config)[0])
         self._key = np.array([1, self._seed], np.uint32)  # training's own stream (dropout)
         self._epochs_seen = 0
@@ -341,6 +352,14 @@ class NeuralNetBase(BaseEstimator):
             else:
                 self.best_loss_ = np.inf
                 self.validation_scores_ = self.best_validation_score_ = None
+
+    def _cast_param(self, a):
+        return a.astype(self._dtype) if np.issubdtype(a.dtype, np.floating) else a
+
+    def _given_params(self, drawn):
+        """Hook: the parameters a warm start of an unfitted estimator begins from (the
+        MLP's ``coefs_`` / ``intercepts_`` set by hand, as scikit-learn's); ``drawn``."""
+        return drawn
 
     def _set_architecture_attributes(self):
         """Hook: fitted attributes that describe the network (the MLP's ``n_layers_``)."""
@@ -376,7 +395,7 @@ class NeuralNetBase(BaseEstimator):
         data = self._validate_training(X, y, sample_weight, reset=first, classes=classes)
         with jax.enable_x64(data.X.dtype == np.float64 if first else self._dtype == "float64"):
             if first:
-                self._initialize(data)
+                self._initialize(data, warm=self.warm_start or incremental)
             data = data._replace(X=self._cast(data.X))
             if self.solver == "lbfgs":
                 self._fit_lbfgs(data, interrupt)
@@ -583,11 +602,16 @@ class NeuralNetBase(BaseEstimator):
         self.t_ += n
         self.loss_ = loss
         self.loss_curve_.append(loss)
+        log = self.verbose and not _is_terminal(sys.stdout)  # scikit-learn's lines, for logs
+        if log:
+            print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         if val is not None:
             score = self._streamed_score(
                 val.X, val.Y, val.streamed, params=carry[0], state=carry[1]
             )
             self.validation_scores_.append(score)
+            if log:
+                print("Validation score: %f" % score)
             improved = score >= self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
@@ -612,14 +636,14 @@ class NeuralNetBase(BaseEstimator):
 
     def _split(self, data):
         """Hold out ``validation_fraction`` of the samples (lazily for streamed data)."""
-        n_val = math.ceil(self.validation_fraction * data.n)
-        if n_val < 2 or data.n - n_val < 1:
-            raise ValueError(
-                "The validation set is too small. Increase 'validation_fraction' "
-                "or the size of your dataset."
-            )
+        too_small = ValueError(
+            "The validation set is too small. Increase 'validation_fraction' "
+            "or the size of your dataset."
+        )
         if not data.streamed:
-            stratify = data.Y[:, 0] if self._kind == "binary" else None  # n_outputs_ == 1
+            # as scikit-learn: split first (stratified for a binary target, on its 0/1
+            # column as booleans, which scikit-learn's error messages name), then check
+            stratify = data.Y[:, :1] > 0.5 if self._kind == "binary" else None
             X_tr, X_val, Y_tr, Y_val = train_test_split(
                 data.X,
                 data.Y,
@@ -627,7 +651,12 @@ class NeuralNetBase(BaseEstimator):
                 test_size=self.validation_fraction,
                 stratify=stratify,
             )
+            if len(X_val) < 2:
+                raise too_small
             return _Data(X_tr, Y_tr, len(X_tr), False), _Data(X_val, Y_val, len(X_val), False)
+        n_val = math.ceil(self.validation_fraction * data.n)
+        if n_val < 2 or data.n - n_val < 1:
+            raise too_small
         held = np.zeros(data.n, dtype=bool)
         held[np.random.default_rng([self._seed, 1]).permutation(data.n)[:n_val]] = True
         return tuple(
