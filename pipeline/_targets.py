@@ -63,12 +63,10 @@ def classes_of(y, known=None):
         check_classification_targets(y)
         classes = np.unique(y)
     check_classification_targets(classes)
-    if len(classes) < 2:
-        raise ValueError(
-            f"Classifier can't train when only one class is present: y has the single class "
-            f"{classes.tolist()}; a classifier needs at least 2 classes."
-        )
-    return ("binary" if len(classes) == 2 else "multiclass"), classes
+    if len(classes) == 0:
+        raise ValueError("Classifier can't train when no class is present: y is empty.")
+    # one class is a binary target that is always 0, as scikit-learn's LabelBinarizer
+    return ("binary" if len(classes) <= 2 else "multiclass"), classes
 
 
 def encode(y, kind, classes, dtype=np.float32):
