@@ -62,6 +62,25 @@ class _MLPBase(InputChecks, NeuralNetBase):
         self.intercepts_ = [np.array(layer.bias) for layer in params.layers]
         self._norm_params = [(np.array(n.scale), np.array(n.shift)) for n in params.norms]
 
+    def _given_params(self, drawn):
+        """``coefs_`` and ``intercepts_`` set by hand before a warm start or the first
+        ``partial_fit``, as scikit-learn's MLP takes them (batch norm, if any, as drawn)."""
+        if not (hasattr(self, "coefs_") and hasattr(self, "intercepts_")):
+            return drawn
+        coefs = [np.asarray(W, self._dtype) for W in self.coefs_]
+        intercepts = [np.asarray(b, self._dtype) for b in self.intercepts_]
+        want = [(lyr.weight.T.shape, lyr.bias.shape) for lyr in drawn.layers]
+        got = [(W.shape, b.shape) for W, b in zip(coefs, intercepts, strict=False)]
+        if got != want or len(coefs) != len(intercepts):
+            raise ValueError(
+                "coefs_ and intercepts_ set before fitting must have the network's shapes "
+                f"(coefs_, intercepts_ per layer): expected {want}, got "
+                f"{[W.shape for W in coefs]}, {[b.shape for b in intercepts]}"
+            )
+        self.coefs_, self.intercepts_ = coefs, intercepts
+        self._norm_params = [(np.asarray(n.scale), np.asarray(n.shift)) for n in drawn.norms]
+        return self._import_params()
+
     def _import_params(self):
         leaves = [a for W, b in zip(self.coefs_, self.intercepts_, strict=False) for a in (W.T, b)]
         leaves += [a for pair in self._norm_params for a in pair]

@@ -141,6 +141,8 @@ class ClassifierHead(ClassifierMixin):
     def _decode(self, P):
         if self._kind == "multilabel":
             return (P > 0.5).astype(np.int64)
+        if len(self.classes_) == 1:  # trained on one class: it, as scikit-learn's
+            return np.repeat(self.classes_, len(P))
         idx = P.argmax(1) if self._kind == "multiclass" else (P[:, 0] > 0.5).astype(np.intp)
         return self.classes_[idx]
 
@@ -199,8 +201,10 @@ class RegressorHead(RegressorMixin):
         return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
-        """Predictions: shape (n_samples,) or (n_samples, n_outputs); lazy for dask X."""
-        P = self._outputs(X)
+        """Predictions: shape (n_samples,) or (n_samples, n_outputs), in the dtype the
+        network computes in (float32 unless fitted on float64, as scikit-learn's); lazy
+        for dask X."""
+        P = self._outputs(X).astype(self._dtype)  # computed in it: the cast is exact
         if self.n_outputs_ != 1:
             return P
         return P[:, 0]

@@ -330,6 +330,73 @@ def test_verbose_shows_a_progress_bar_with_the_loss(digits, capsys):
     assert "3.0/3 epochs" in err and "loss=" in err
 
 
+def test_verbose_prints_scikit_learns_iteration_lines_when_not_a_terminal(digits, capsys):
+    """Log parsers read scikit-learn's lines from stdout; capsys's stdout is no terminal."""
+    est = MLPClassifier(**FAST, verbose=True, early_stopping=True).fit(digits[0], digits[1])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        f"Iteration 1, loss = {est.loss_curve_[0]:.8f}",
+        f"Validation score: {est.validation_scores_[0]:f}",
+    ]
+    assert sum(line.startswith("Iteration") for line in lines) == est.n_iter_ == 3
+
+
+def test_float32_and_float64_fits_start_alike_and_agree(digits):
+    """The initial draw does not depend on the dtype (scikit-learn's contract), so both
+    fits follow the same path; a float32 regressor predicts float32, as scikit-learn's."""
+    X, y = digits[0][:300].astype(np.float64), digits[1][:300]
+    start = dict(hidden_layer_sizes=(5, 3), random_state=1, max_iter=1, learning_rate_init=1e-12)
+    a, b = MLPRegressor(**start).fit(X, y), MLPRegressor(**start).fit(X.astype(np.float32), y)
+    for x, x32 in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True):
+        assert x.dtype == np.float64 and x32.dtype == np.float32
+        np.testing.assert_allclose(x, x32, rtol=1e-6, atol=1e-9)
+    # scikit-learn's test_mlp_regressor_dtypes_casting, at a seed where rounding does
+    # not change the trajectory (see tests/test_sklearn_mlp.py)
+    fit = dict(alpha=1e-5, hidden_layer_sizes=(5, 3), random_state=2, max_iter=150, tol=1e-3)
+    p64 = MLPRegressor(**fit).fit(X, y).predict(digits[2].astype(np.float64))
+    p32 = MLPRegressor(**fit).fit(X.astype(np.float32), y).predict(digits[2])
+    assert p32.dtype == np.float32 and p64.dtype == np.float64
+    np.testing.assert_allclose(p64, p32, rtol=5e-4)
+
+
+def test_lbfgs_max_fun_warns():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 10)), rng.normal(size=200)
+    est = MLPRegressor(solver="lbfgs", hidden_layer_sizes=50, tol=0.0, max_fun=10, random_state=1)
+    with pytest.warns(ConvergenceWarning, match="TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"):
+        est.fit(X, y)
+    assert est.n_iter_ <= 10
+
+
+def test_a_single_class_is_learned_and_predicted_as_scikit_learns():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.full(20, "only")
+    ours = MLPClassifier(**FAST).fit(X, y)
+    ref = SkMLPClassifier(**FAST).fit(X, y)
+    assert ours.classes_.tolist() == ref.classes_.tolist() == ["only"]
+    assert ours.predict(X).tolist() == ref.predict(X).tolist() == ["only"] * 20
+    assert ours.predict_proba(X).shape == ref.predict_proba(X).shape == (20, 2)
+    MLPClassifier(**FAST, early_stopping=True).fit(X, y)  # the split stratifies one class
+
+
+def test_coefs_set_by_hand_are_the_start_of_a_warm_start():
+    X, y = np.array([[0.6, 0.8, 0.7], [0.1, 0.2, 0.3]]), np.array([0, 1])
+    est = MLPClassifier(hidden_layer_sizes=2, warm_start=True, max_iter=1, solver="sgd")
+    est.coefs_ = [np.full((3, 2), 0.1), np.full((2, 1), 0.2)]
+    est.intercepts_ = [np.zeros(2), np.ones(1)]
+    before = [a.copy() for a in est.coefs_]
+    est.fit(X, y)
+    assert est.coefs_[0].dtype == np.float64
+    assert np.abs(est.coefs_[0] - before[0]).max() < 0.01  # one small step from them
+    est = MLPClassifier(hidden_layer_sizes=3, warm_start=True)
+    est.coefs_, est.intercepts_ = [np.zeros((3, 2)), np.zeros((2, 1))], [np.zeros(2), np.ones(1)]
+    with pytest.raises(ValueError, match=r"expected \[\(\(3, 3\), \(3,\)\)"):
+        est.fit(X, y)
+    est = MLPClassifier(hidden_layer_sizes=2)  # no warm start: drawn afresh, as scikit-learn
+    est.coefs_, est.intercepts_ = [np.zeros((3, 3))], [np.zeros(3)]
+    assert est.fit(X, y).coefs_[0].shape == (3, 2)
+
+
 def test_convergence_warning_and_non_finite_weights(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
