@@ -313,7 +313,7 @@ def same_model(a, b, tol=0.0):
     return len(pa) == len(pb) and all(
         x.shape == z.shape
         and (np.array_equal(x, z) if tol == 0 else np.allclose(x, z, rtol=tol, atol=tol))
-        for x, z in zip(pa, pb)
+        for x, z in zip(pa, pb, strict=False)
     )
 
 
@@ -733,7 +733,7 @@ def metadata_model(setup, what, edit):
         return _judge_refusal("metadata", name, exc, path.name)
     ref = setup.shared("model-a")[1]
     same = hasattr(m, "coefs_") and len(model_arrays(m)) == len(model_arrays(ref)) and all(
-        np.array_equal(x, z) for x, z in zip(model_arrays(m), model_arrays(ref))
+        np.array_equal(x, z) for x, z in zip(model_arrays(m), model_arrays(ref), strict=False)
     )
     sees = f"loaded as {type(m).__name__} (n_features_in_={getattr(m, 'n_features_in_', '?')})"
     sees += ", same weights" if same else ", other weights"

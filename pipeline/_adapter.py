@@ -29,7 +29,7 @@ from dask.base import tokenize
 from pipeline._inputs import default_chunk_rows, lazy_view
 from pipeline._store import Dataset
 
-__all__ = ["as_dask", "dataset_xy", "is_streamed", "returns_lazy"]
+__all__ = ["as_dask", "dataset_xy", "is_streamed", "opened", "returns_lazy"]
 
 
 def _package(a):
@@ -68,6 +68,18 @@ def dataset_xy(X, y=None):
     if isinstance(X, Dataset):
         return X.X, X.y if y is None else y
     return X, y
+
+
+def opened(a):
+    """``a`` as an estimator takes it: a store path opened (its Dataset), a dask
+    DataFrame as a dask array; anything else as given."""
+    if _is_store_path(a):
+        from pipeline._store import open as open_store
+
+        return open_store(a)
+    if _is_dask_frame(a):
+        return a.to_dask_array(lengths=True)
+    return a
 
 
 def as_dask(a, name="X", rows=None):

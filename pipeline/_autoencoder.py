@@ -18,13 +18,12 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
 
 from pipeline import nn
-from pipeline._engine import _Data
-from pipeline._heads import TRAINING_DOC, stochastic, with_parameters
 from pipeline._adapter import as_dask as as_streamed
 from pipeline._adapter import is_streamed, returns_lazy
+from pipeline._engine import _Data
+from pipeline._heads import TRAINING_DOC, stochastic, with_parameters
 from pipeline._netio import check_known_chunks
 from pipeline._networks import _LAYER_CONSTRAINTS, Network, _sizes
-from pipeline._store import Dataset
 from pipeline._targets import target_table
 
 __all__ = ["AutoEncoder"]

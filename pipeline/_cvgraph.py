@@ -19,16 +19,15 @@ import time
 import traceback
 import warnings
 
-import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
 from pipeline import _adapter, _steps
-from pipeline._steps import estimator_token
 from pipeline._netio import select_rows
+from pipeline._steps import estimator_token
 
 __all__ = ["Lazy", "Failure", "Plan", "fit_pipeline"]
 

@@ -42,15 +42,14 @@ from sklearn.utils.validation import (
 from tqdm.auto import tqdm
 
 from pipeline import nn
+from pipeline._adapter import as_dask as as_streamed
+from pipeline._adapter import is_streamed, opened, returns_lazy
 from pipeline._graph import local_on_worker
-from pipeline._inputs import lazy_view
 from pipeline._netio import (
     PREDICT_ROWS,
     Predictor,
-    as_streamed,
     check_finite_window,
     check_known_chunks,
-    is_streamed,
     select_rows,
     to_device,
     to_numpy,
@@ -191,7 +190,7 @@ class NeuralNetBase(BaseEstimator):
     def _validate_X(self, X, reset):
         """Numpy (validated) or a dask array (checked by shape and dtype), in the
         layout the network reads; the feature shape is locked at ``reset``."""
-        X = self._prepare_X(X, reset)
+        X = self._prepare_X(opened(X), reset)
         if not is_streamed(X):
             X = validate_data(
                 self, X, reset=reset, dtype=(np.float64, np.float32), allow_nd=self._nd()
@@ -247,6 +246,7 @@ class NeuralNetBase(BaseEstimator):
 
     def _validate_training(self, X, y, sample_weight, *, reset, classes=None):
         """Validate (X, y, sample_weight) and build the target table: a :class:`_Data`."""
+        X = opened(X)
         if isinstance(X, Dataset) and y is None:
             known, y = X.classes, X.y
         else:
@@ -298,7 +298,7 @@ class NeuralNetBase(BaseEstimator):
                 f"Found input variables with inconsistent numbers of samples: X has "
                 f"{X.shape[0]}, {name} has {a.shape[0]}"
             )
-        return a if isinstance(a, da.Array) else lazy_view(a, (X.chunks[0], *a.shape[1:]))
+        return a if isinstance(a, da.Array) else as_streamed(a, rows=X.chunks[0])  # by content
 
     def _encode_kind(self, y, *, reset, classes, known):
         """Target kind; for classifiers, set or check ``classes_``."""
@@ -718,7 +718,7 @@ class NeuralNetBase(BaseEstimator):
         later does not change what it computes.
         """
         check_is_fitted(self)
-        lazy_in = isinstance(X, (da.Array, Dataset))
+        lazy_in = returns_lazy(X)
         X = self._validate_X(X, reset=False)
         return self._apply(self._predictor(method=method, n_outputs=n_outputs), X, lazy_in)
 
@@ -760,6 +760,7 @@ class NeuralNetBase(BaseEstimator):
     # -------------------------------------------------------------- scoring
 
     def _score_streamed(self, X, y, sample_weight):
+        X = opened(X)
         if isinstance(X, Dataset) and y is None:
             y = X.y
         if y is None:

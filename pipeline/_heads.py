@@ -18,7 +18,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call
 
 from pipeline import nn
-from pipeline._netio import is_streamed
+from pipeline._adapter import is_streamed
 
 __all__ = [
     "TRAINING_CONSTRAINTS",

@@ -12,7 +12,6 @@ import numpy as np
 from dask.base import tokenize
 
 from pipeline import nn
-from pipeline._adapter import as_dask as as_streamed
 from pipeline._adapter import is_streamed
 from pipeline._store import Dataset
 
@@ -20,10 +19,8 @@ __all__ = [
     "PREDICT_ROWS",
     "InputChecks",
     "Predictor",
-    "as_streamed",
     "check_finite_window",
     "check_known_chunks",
-    "is_streamed",
     "select_rows",
     "to_device",
     "to_numpy",

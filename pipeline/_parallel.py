@@ -35,11 +35,11 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from pipeline import _replica, nn
+from pipeline._adapter import as_dask as as_streamed
+from pipeline._adapter import is_streamed
 from pipeline._atomic import atomic_dir, check_destination, kind_of, local_path, read_marker
 from pipeline._engine import CHUNK_ROWS, NeuralNetBase, _DeferredInterrupt
 from pipeline._inputs import lazy_view
-from pipeline._adapter import as_dask as as_streamed
-from pipeline._adapter import is_streamed
 from pipeline._netio import to_numpy
 from pipeline._replica import Job, Round, Stored
 from pipeline._schema import verify_checksum, with_checksum

@@ -205,7 +205,7 @@ class Pipeline(sk_pipeline.Pipeline):
         self.steps = list(self.steps)
         self._validate_steps()
         Xt = X
-        for idx, name, step in self._iter(with_final=False, filter_passthrough=False):
+        for _, name, step in self._iter(with_final=False, filter_passthrough=False):
             if step is None or step == "passthrough":
                 continue
             own = _step_params(params, name)
@@ -350,8 +350,8 @@ def _step_params(params, name):
 
 
 def _is_fitted(step):
-    from sklearn.utils.validation import check_is_fitted
     from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
 
     try:
         check_is_fitted(step)

@@ -29,7 +29,6 @@ import os
 import pickle
 
 import cloudpickle
-
 import dask
 import dask.array as da
 import numpy as np

@@ -26,7 +26,7 @@ import numpy as np
 from dask.base import tokenize
 
 from pipeline._graph import BlockGraph
-from pipeline._adapter import as_dask, is_streamed
+from pipeline._adapter import as_dask, dataset_xy, is_streamed
 from pipeline._inputs import blocks_of, default_chunk_rows
 from pipeline._store import Dataset
 
@@ -404,8 +404,7 @@ def chunks(
     ValueError
         Bad arguments, or a ``state`` from another stream or other data.
     """
-    if isinstance(X, Dataset):
-        X, y = X.X, X.y if y is None else y
+    X, y = dataset_xy(X, y)  # a Dataset or a store path: its X and y
     identity = _identity_of(X, y)
     if not (is_streamed(X) or is_streamed(y)):  # in memory: sliced, no dask graph
         X, y = (None if a is None else np.asarray(a) for a in (X, y))

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
 from pipeline._inputs import lazy_view
@@ -120,7 +121,8 @@ def target_table(y, sample_weight, kind, classes=None, dtype=np.float32):
     elif _is_lazy(sample_weight):
         sw = sample_weight.rechunk({0: y.chunks[0]})
     else:
-        sw = lazy_view(np.asarray(sample_weight), (y.chunks[0],))
+        sw = np.asarray(sample_weight)
+        sw = lazy_view(sw, (y.chunks[0],), name=f"weights-{tokenize(sw, y.chunks[0])}")
     return da.map_blocks(
         functools.partial(_table_block, kind=kind, classes=classes, dtype=dtype),
         y,

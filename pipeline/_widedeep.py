@@ -20,9 +20,9 @@ import scipy.sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from pipeline import nn
-from pipeline._heads import TRAINING_DOC, ClassifierHead, RegressorHead, with_parameters
 from pipeline._adapter import as_dask as as_streamed
 from pipeline._adapter import is_streamed
+from pipeline._heads import TRAINING_DOC, ClassifierHead, RegressorHead, with_parameters
 from pipeline._networks import _LAYER_CONSTRAINTS, Network, _sizes
 
 __all__ = ["WideDeepClassifier", "WideDeepRegressor"]

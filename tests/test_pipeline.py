@@ -8,8 +8,13 @@ from sklearn.base import clone
 from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
 from sklearn.model_selection import GridSearchCV as SkGridSearchCV
-from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, Normalizer, PolynomialFeatures
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    Normalizer,
+    PolynomialFeatures,
+    StandardScaler,
+)
 
 import pipeline
 from pipeline import MLPClassifier, Pipeline, make_pipeline, store
