@@ -14,8 +14,11 @@ data it reads (:func:`data_identity`), and a resume on other data is refused.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import mmap
+import os
 import queue
 import threading
 import weakref
@@ -27,7 +30,7 @@ from dask.base import tokenize
 
 from pipeline._graph import BlockGraph
 from pipeline._adapter import as_dask, dataset_xy, is_streamed
-from pipeline._inputs import blocks_of, default_chunk_rows
+from pipeline._inputs import default_chunk_rows
 from pipeline._store import Dataset
 
 __all__ = ["Chunk", "ChunkStream", "chunks", "data_identity", "epoch_order"]
@@ -236,18 +239,100 @@ class _MemoryBlocks:
         return [[a[s[b] : s[b + 1]] for b in blocks] for a in self.arrays]
 
 
+class _Window(NamedTuple):
+    """One window as read: its store chunks, and the order its samples are taken in."""
+
+    X: list  # the window's blocks of X, in plan order
+    y: list | None
+    order: np.ndarray  # indices into the blocks' concatenation, in epoch order
+
+
 def _read_windows(reader, sizes, has_y, plan, config, transform, skip):
-    """Yield ``(X, y)`` numpy windows in epoch order, skipping ``skip`` samples."""
+    """Yield each window (:class:`_Window`) in epoch order, skipping ``skip`` samples.
+
+    A window is not concatenated: :func:`_produce` gathers training chunks straight
+    from its blocks. Nothing is held between yields, so a window's blocks are
+    released once its last sample is in a chunk, before the next window is read.
+    """
+    unreturned = 0  # bytes read from a store since glibc was last asked to return memory
     for w, blocks in enumerate(plan):
         n = sum(sizes[b] for b in blocks)
         if skip >= n:
             skip -= n
             continue
-        Xw, yw = read_window(reader, blocks, n, has_y, config, w, skip)
+        if unreturned >= _RETURN_EVERY_BYTES:
+            _return_freed_memory()
+            unreturned = 0
+        if transform is None:
+            order = _within_window(n, config["shuffle"], config["seed"], config["epoch"], w)
+            win = _Window(*_split_parts(reader.read(blocks), has_y), order[skip:])
+        else:
+            Xw, yw = transform(*read_window(reader, blocks, n, has_y, config, w, skip))
+            win = _Window([Xw], None if yw is None else [yw], np.arange(len(Xw)))
+            del Xw, yw
+        if not isinstance(reader, _MemoryBlocks):
+            unreturned += sum(p.nbytes for p in win.X)
         skip = 0
-        if transform is not None:
-            Xw, yw = transform(Xw, yw)
-        yield Xw, yw
+        yield win
+        del win
+
+
+def _return_freed_memory():
+    """Hand the pages glibc's arenas hold free back to the system (elsewhere: nothing).
+
+    Called before a window is read, every ``_RETURN_EVERY_BYTES`` read from a store
+    (a call takes milliseconds), once the previous window's blocks are gone: the
+    holes that decoding leaves in the reader threads' arenas would otherwise stay
+    resident (a 1.6 GB epoch peaked 80 MB higher without it).
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _bound_allocator():
+    """Give large blocks mappings of their own, for the rest of the process (glibc only).
+
+    A streamed epoch decodes megabytes per store chunk in the reader's threads (dask's
+    workers, zarr's codec threads) and copies every training chunk into XLA buffers.
+    glibc starts by mapping such blocks on their own, but at the first free of one it
+    raises its mmap threshold to that block's size and its trim threshold to twice it:
+    from then on they come from the allocating thread's arena, and each arena keeps up
+    to twice the largest block free at its top, which ``malloc_trim`` does not return
+    for the threads' arenas. With an arena per thread, memory grew with the data read:
+    1.2 GB above the start over a 1.6 GB store. Fixed thresholds (what
+    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set) keep such blocks out
+    of the arenas. Done once, by the first stream over streamed data, and not at all
+    when the user set either variable or glibc tunables.
+    """
+    global _BOUNDED
+    if _LIBC is None or _BOUNDED or _ALLOCATOR_SET_BY_USER:
+        return
+    _BOUNDED = True
+    _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - glibc only: AttributeError elsewhere
+    except (AttributeError, OSError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_MMAP_THRESHOLD = 4 << 20
+_RETURN_EVERY_BYTES = 64 << 20
+_ALLOCATOR_SET_BY_USER = any(
+    v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+)
+_BOUNDED = False
+
+
+def _split_parts(parts, has_y):
+    return parts[0], parts[1] if has_y else None
 
 
 def read_window(reader, blocks, n, has_y, config, w, skip=0):
@@ -274,10 +359,85 @@ def _gather(parts, perm):
 
 
 def _produce(windows, batch_size, n_batches):
-    """Cut a stream of windows into training chunks; only the last is padded."""
+    """Gather the windows' samples into training chunks; only the last is padded.
+
+    Each chunk is a buffer of its own (:func:`_empty`), filled from at most two
+    windows' blocks: the stream holds the blocks of one window (two at a window's
+    edge) and the chunks read ahead, never a concatenated or permuted window.
+    """
     rows = batch_size * n_batches
-    for Xc, yc in blocks_of(windows, rows):
-        yield _shape(Xc, yc, rows, batch_size)
+    windows, out, filled = iter(windows), None, 0
+    while (win := next(windows, None)) is not None:
+        start = 0
+        while start < len(win.order):
+            if out is None:
+                out, filled = _chunk_buffers(win, rows), 0
+            take = min(rows - filled, len(win.order) - start)
+            order = win.order[start : start + take]
+            for buf, parts in zip(out, (win.X, win.y), strict=False):
+                _gather_into(buf[filled : filled + take], parts, order)
+            filled, start = filled + take, start + take
+            if filled == rows:
+                yield _fold(out, rows, rows, batch_size)
+                out = None
+        del win  # release this window's blocks before the next is read
+    if out is not None:
+        yield _fold(out, filled, rows, batch_size)
+
+
+def _chunk_buffers(win, rows):
+    """Uninitialised ``(X, y)`` buffers of ``rows`` samples shaped as ``win``'s blocks."""
+    return tuple(_empty((rows, *p[0].shape[1:]), p[0].dtype) for p in (win.X, win.y) if p)
+
+
+def _empty(shape, dtype):
+    """An uninitialised array; a large one in an anonymous memory map of its own.
+
+    Training chunks are megabytes, made in the prefetch thread and released
+    wherever the consumer drops them. From ``malloc``, glibc may serve them from
+    an arena and keep them there once freed (see :func:`_bound_allocator`, which a
+    user's own allocator settings turn off); a mapping of its own goes back to
+    the system when the array is released, from any thread, whatever the settings.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < _OWN_MAPPING_BYTES or dtype.hasobject:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+
+
+_OWN_MAPPING_BYTES = 1 << 20
+_GATHER_ROWS_BYTES = 1 << 20  # rows gathered per step: bounds the temporaries
+
+
+def _gather_into(out, parts, order):
+    """``out[:] = np.concatenate(parts)[order]``, without the concatenation.
+
+    Rows are gathered in steps of about a megabyte, so temporaries stay small.
+    """
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    row_bytes = max(1, out[:1].nbytes)
+    step = max(1, _GATHER_ROWS_BYTES // row_bytes)
+    for a in range(0, len(order), step):
+        rows = order[a : a + step]
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for i, part in enumerate(parts):
+            to = np.flatnonzero(which == i) if len(parts) > 1 else slice(None)
+            out[a : a + step][to] = part[rows[to] - starts[i]]
+
+
+def _fold(out, filled, rows, batch_size):
+    """A :class:`Chunk` of the ``rows``-sample buffers ``out`` (X, then y if any),
+    their first ``filled`` samples real and the rest zeroed padding."""
+    for buf in out:
+        buf[filled:] = 0
+    nb = rows // batch_size
+    X, y = out[0], out[1] if len(out) > 1 else None
+    return Chunk(
+        X=X.reshape(nb, batch_size, *X.shape[1:]),
+        y=None if y is None else y.reshape(nb, batch_size, *y.shape[1:]),
+        mask=(np.arange(rows) < filled).reshape(nb, batch_size),
+    )
 
 
 def _shape(Xc, yc, rows, batch_size):
@@ -397,7 +557,8 @@ def chunks(
     ChunkStream
         Iterator of :class:`Chunk` ``(X, y, mask)`` with ``X`` of shape
         ``(n_batches, batch_size, *feature_shape)``. Memory is bounded by about
-        ``prefetch + window`` chunks.
+        ``prefetch + 2`` training chunks and two windows of store chunks, whatever
+        the data size, as long as the consumer lets go of the chunks it is given.
 
     Raises
     ------
@@ -412,6 +573,7 @@ def chunks(
         as_view = _layout
     else:
         in_memory, as_view = None, as_dask
+        _bound_allocator()
     X = as_view(X)
     y = as_view(y, rows=X.chunks[0] if X is not None and X.ndim else None)
     if X.ndim == 0 or any(math.isnan(c) for c in X.chunks[0]):
