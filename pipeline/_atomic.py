@@ -71,6 +71,7 @@ _LEGACY_ATTRS = {
     "pipeline": "store",
     "pipeline-model": "model",
     "pipeline-parallel-checkpoint": "checkpoint",
+    "pipeline-pipeline": "pipeline",
 }
 
 
@@ -265,20 +266,28 @@ def check_destination(path, kind, *, overwrite=False):
     _refuse_foreign_entries(path, local, kind)
 
 
-def _foreign_entries(local, kind):
-    """Entries inside the pipeline ``kind`` at ``local`` that are not part of it."""
+def _foreign_entries(path, local, kind):
+    """Entries inside the pipeline ``kind`` at ``path`` that are not part of it."""
     owned = _OWNED.get(kind)
-    if owned is None or local is None or not local.is_dir():
+    if owned is None:
+        return []
+    if local is None:  # a URL: what its prefix lists
+        fs, p = url_fs(path)
+        if not fs.isdir(p):
+            return []
+        names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=False)}
+        return sorted(n for n in names if n not in owned)
+    if not local.is_dir():
         return []
     return sorted(p.name for p in local.iterdir() if p.name not in owned)
 
 
 def _refuse_foreign_entries(path, local, kind):
-    foreign = _foreign_entries(local, kind)
+    foreign = _foreign_entries(path, local, kind)
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise FileExistsError(
-            f"refusing to replace the pipeline {kind} at {path}: it also holds {shown}, which "
+            f"refusing to replace {_kind_words(kind)} at {path}: it also holds {shown}, which "
             f"{'is' if len(foreign) == 1 else 'are'} not part of it; move "
             f"{'it' if len(foreign) == 1 else 'them'} out first"
         )
@@ -435,7 +444,7 @@ def _remove_swapped_out(old, kind, local):
     """``old`` holds what was at ``local`` before an exchange: remove it if it is
     ours to replace; else swap it back and refuse."""
     if old.is_dir() and (kind_of(old) == kind or not any(old.iterdir())):
-        if not _foreign_entries(old, kind):
+        if not _foreign_entries(old, old, kind):
             shutil.rmtree(old, ignore_errors=True)
             return
     _rename2(old, local, _RENAME_EXCHANGE)

@@ -32,6 +32,28 @@ __all__ = ["PrefixCache"]
 _ATTR = "pipeline-cache"
 
 
+# dask layers whose names change with their data: a store's (its uid), a memmap's (its
+# file's path, size and mtime), numpy's (its content, hashed)
+_IDENTIFIED = ("pipeline-store-", "memmap-", "array-", "in-memory-", "weights-")
+
+
+def _identity(a, what):
+    """``a``'s dask name, if every source its graph reads has an identity that changes
+    with its data; else ValueError (a zarr array rewritten in place keeps its name)."""
+    graph = a.__dask_graph__()
+    roots = [k for k, deps in graph.dependencies.items() if not deps]
+    unknown = [r for r in roots if not r.removeprefix("original-").startswith(_IDENTIFIED)]
+    if unknown:
+        raise ValueError(
+            f"memory= keys its entries by the identity of the data, and {what} is read from "
+            f"{unknown[0].removeprefix('original-')}, whose name does not change when its "
+            "data does (a zarr array or files rewritten in place would hit a stale entry). "
+            "Write it to a store first (pipeline.store.write: its uid changes with every "
+            "write), pass numpy or a memmap, or use memory=None"
+        )
+    return a.name
+
+
 def _directory(memory):
     """The cache directory of a ``memory`` parameter (a path or a joblib.Memory)."""
     location = getattr(memory, "location", memory)
@@ -56,7 +78,8 @@ class PrefixCache:
         from pipeline._steps import estimator_token
 
         names = [(name, estimator_token(step)) for name, step in steps]
-        return "prefix-" + tokenize(names, X.name, None if y is None else y.name, params)
+        data = [_identity(X, "X"), None if y is None else _identity(y, "y")]
+        return "prefix-" + tokenize(names, data, params)
 
     def _paths(self, key):
         return self.root / f"{key}.pipeline", self.root / f"{key}.zarr"
@@ -102,6 +125,11 @@ class PrefixCache:
         marker = read_marker(prefix)
         uid = None if marker is None else marker.get("uid")
         if path.exists():
+            if uid is None:
+                raise ValueError(
+                    f"the memory= cache entry {path} is incomplete: the fitted steps it was "
+                    f"made by ({prefix.name}) are missing; remove it and fit again"
+                )
             try:
                 ds = _store.open(path)
             except (ValueError, OSError) as exc:

@@ -517,6 +517,8 @@ def open(path):  # noqa: A001 - the public name is pipeline.store.open
         )
     fmt, schema, location = _read_schema(path, local)
     marker = read_marker(location)
+    if marker is not None and marker.get("corrupt"):
+        raise ValueError(f"{path} is a corrupt pipeline store: its {MARKER} is not valid JSON")
     if marker is not None and marker.get("uid") != schema["uid"]:
         raise ValueError(
             f"{path} is a corrupt pipeline store: its {MARKER} names uid "

@@ -20,7 +20,14 @@ import zarr
 from sklearn.base import is_classifier
 
 from pipeline import nn
-from pipeline._atomic import atomic_dir, check_destination, kind_of, local_path, read_marker
+from pipeline._atomic import (
+    atomic_dir,
+    check_destination,
+    describe,
+    kind_of,
+    local_path,
+    read_marker,
+)
 from pipeline._schema import verify_checksum, with_checksum
 
 __all__ = ["load", "save"]
@@ -198,6 +205,8 @@ def _open_model_group(path):
     if local is not None and not local.is_dir():
         raise ValueError(f"{path} is not a pipeline model: it is a file, not a directory")
     kind = kind_of(path)
+    if kind is None and local is not None and not (local / "zarr.json").exists():
+        raise ValueError(f"{path} is not a pipeline model: it holds {describe(path)}")
     if kind not in (None, "model"):
         hint = {
             "store": " (open it with pipeline.store.open)",

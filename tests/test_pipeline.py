@@ -234,3 +234,15 @@ def test_a_memmap_opened_for_writing_is_never_written(data, tmp_path, steps):
     with pytest.raises(ValueError, match="read-only"):
         make_pipeline(InPlace(), LogisticRegression()).fit(writable, y)
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), X)
+
+
+def test_memory_refuses_data_whose_name_outlives_its_content(data, tmp_path):
+    import zarr
+
+    X, y, _, _ = data
+    z = zarr.create_array(str(tmp_path / "z.zarr"), shape=X.shape, chunks=(128, 6), dtype=X.dtype)
+    z[:] = X  # rewritten in place later, da.from_zarr would keep its name
+    model = make_pipeline(StandardScaler(), LogisticRegression(), memory=tmp_path / "mem")
+    with pytest.raises(ValueError, match="memory= keys its entries by the identity of the data"):
+        model.fit(z, y)
+    assert not (tmp_path / "mem").exists()

@@ -415,3 +415,15 @@ def test_second_writer_to_a_url_is_refused_and_the_first_store_is_whole():
     store.write(url, source(), chunk_rows=10, overwrite=True)
     assert refused
     np.testing.assert_array_equal(store.open(url).y.compute(), np.repeat(np.arange(4), 10))
+
+
+def test_overwrite_at_a_url_never_removes_files_that_are_not_the_stores():
+    import fsspec
+
+    url, fs = "memory://tests/with-notes.zarr", fsspec.filesystem("memory")
+    store.write(url, np.ones((20, 2)), chunk_rows=5)
+    fs.pipe_file("/tests/with-notes.zarr/notes.txt", b"mine")
+    with pytest.raises(FileExistsError, match="also holds notes.txt"):
+        store.write(url, np.zeros((20, 2)), chunk_rows=5, overwrite=True)
+    assert fs.cat_file("/tests/with-notes.zarr/notes.txt") == b"mine"
+    np.testing.assert_array_equal(store.open(url).X.compute(), np.ones((20, 2)))
