@@ -191,12 +191,19 @@ def _incremental(step, X, y, params, last):
         static["classes"] = np.unique(da.unique(y).compute()) if y is not None else None
     names = list(aligned)
     min_rows = 1 if last else _min_rows(step)
+    seen = 0
     for xb, yb, *values in iter_blocks([X, y, *aligned.values()], min_rows=min_rows):
         kwargs = {**static, **dict(zip(names, values, strict=True))}
-        if yb is None:
-            step.partial_fit(xb, **kwargs)
-        else:
-            step.partial_fit(xb, yb, **kwargs)
+        try:
+            if yb is None:
+                step.partial_fit(xb, **kwargs)
+            else:
+                step.partial_fit(xb, yb, **kwargs)
+        except Exception as exc:
+            exc.add_note(f"(in {type(step).__name__}.partial_fit on samples {seen}-"
+                         f"{seen + len(xb) - 1}, streamed)")
+            raise
+        seen += len(xb)
     return step
 
 
@@ -283,7 +290,12 @@ def _guarded(block, step):
 
 
 def _apply(block, step, name, method):
-    out = _densify(getattr(step, method)(_guarded(block, step)))
+    try:
+        out = _densify(getattr(step, method)(_guarded(block, step)))
+    except Exception as exc:
+        exc.add_note(f"(in step {name!r}, {type(step).__name__}.{method} of a chunk of "
+                     f"{len(block)} samples, streamed)")
+        raise
     if out.dtype.kind in "fc" and not np.isfinite(out).all():
         if np.isfinite(np.asarray(block, np.float64)).all():
             raise ValueError(
