@@ -35,6 +35,9 @@ SMALL = {
         "N_TRAIN = 2000\nN_TEST = 1000\nCHUNK_ROWS = 250\nMAX_ITER = 10\nAVERAGING_FREQUENCY = 2\n"
         "SEARCH_MAX_ITER = 3\n"
     ),
+    "05_out_of_core_pipeline.ipynb": (
+        "N_SAMPLES = 20_000\nN_TEST = 5_000\nCHUNK_ROWS = 2_500\nMAX_ITER = 2\nN_COMPONENTS = 8\n"
+    ),
 }
 
 
@@ -198,4 +201,34 @@ def test_distributed_notebook(tmp_path, monkeypatch):
     assert best and float(best.group(1)) > 0.5, out
     tables = [o for o in _outputs(nb, "execute_result") if "text/html" in o.data]
     assert len(tables) >= 2, "the fits' comparison and the search report"
+    assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
+
+
+def test_out_of_core_pipeline_notebook(tmp_path, monkeypatch):
+    # On two busy cores OpenBLAS's threads spin against each other: IncrementalPCA's SVDs take
+    # seconds instead of milliseconds. One thread each, in the kernel and in its children.
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    nb = _execute("05_out_of_core_pipeline.ipynb", tmp_path, monkeypatch)
+    out = _stdout(nb)
+
+    assert not _outputs(nb, "error")
+    found = re.search(r"^summary: (\{.*\})$", out, flags=re.M)
+    assert found, out
+    summary = json.loads(found.group(1))
+    ours, theirs = summary["ours"], summary["sklearn"]
+    # Our Pipeline's fit ran to the end in a child capped at start-up + budget (RLIMIT_DATA).
+    assert ours["error"] is None, ours
+    assert 0 < ours["growth"] < summary["budget"], ours
+    # scikit-learn's Pipeline read the training rows into memory: its growth is at least them.
+    assert theirs["error"] is None, theirs
+    assert theirs["growth"] >= summary["train_bytes"], (theirs, summary["train_bytes"])
+    assert summary["predict_lazy"] is True
+    results = [o.data.get("text/plain", "") for o in _outputs(nb, "execute_result")]
+    assert any(r.startswith("dask.array<") for r in results), "lazy predictions shown"
+    # Two well-separated classes: chance is 0.5; these parameters reach ~0.9.
+    assert summary["accuracy"] > 0.7, summary
+    assert summary["round_trip"] is True and "same predictions after save/load: True" in out
+    assert summary["cache_entries"] == 2 and summary["same_cached"] is True, summary
+    assert re.search(r"first fit [0-9.]+ s, second fit [0-9.]+ s", out), out
+    assert "MemoryError: step 'pca' (PCA)" in out, "max_in_memory refuses PCA, naming it"
     assert not list((tmp_path / "work").iterdir()), "the notebook leaves files behind"
