@@ -376,6 +376,8 @@ class _ChunkReader:
         except ChunkReadError:
             self._check_unchanged()  # a chunk missing because the store was replaced
             raise
+        except MemoryError:  # this process is out of memory: the store is fine
+            raise
         except Exception as exc:
             self._check_unchanged()
             raise ChunkReadError(f"{where} could not be read: {exc}") from exc
