@@ -60,6 +60,10 @@ from pipeline._targets import classes_of, score_aggregate, score_chunk, score_co
 
 __all__ = ["NeuralNetBase"]
 
+# JAX dispatches steps without a bound, and each queued step holds its own copy of its
+# chunk: a device slower than the stream would queue the whole epoch in memory
+STEPS_IN_FLIGHT = 2
+
 CHUNK_ROWS = 4096  # training chunks hold at least about this many samples
 
 
@@ -584,6 +588,10 @@ class NeuralNetBase(BaseEstimator):
                 *carry[:], m = step(*carry, c.X, c.y, c.mask, hyper)  # in place: an
                 # interrupted fit keeps the last state (the old buffers were donated)
                 metrics.append((m["loss_sum"], m["finite"]))  # no sync: the device runs ahead
+                c = m = None  # the step holds its own copy of the chunk
+                if len(metrics) > STEPS_IN_FLIGHT:  # ... but only a few steps ahead
+                    with interrupt.waiting():
+                        jax.block_until_ready(metrics[-STEPS_IN_FLIGHT - 1])
                 bar.update(1 / total)
                 interrupt.check()
         losses, finite = zip(*jax.device_get(metrics), strict=True)
