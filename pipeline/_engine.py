@@ -176,6 +176,7 @@ class NeuralNetBase(BaseEstimator):
 
     _feature_ndim = (1,)  # the dimensions one sample may have: (1,) for flat vectors
     _scan_batches = True  # False: one jitted call per mini-batch (see nn.compiled_step)
+    _draw_float32 = False  # True: initial parameters drawn in float32 whatever the data
 
     def __pipeline_tags__(self):
         """Our tags beside scikit-learn's: ``streams``, fit trains on dask arrays chunk by
@@ -337,8 +338,9 @@ class NeuralNetBase(BaseEstimator):
         self.n_outputs_ = n_outputs
         self._config = self._model_config(self._feature_shape, n_outputs)
         key = jax.random.wrap_key_data(np.array([0, self._seed], np.uint32))  # = key(seed)
-        with jax.enable_x64(False):  # drawn in float32 for every dtype, then cast, so that
-            params, _ = nn.build(*self._config, key)  # float32 and float64 fits start alike
+        draw = jax.enable_x64(False) if self._draw_float32 else contextlib.nullcontext()
+        with draw:  # the MLP's: drawn in float32 for every dtype, then cast (its fits on
+            params, _ = nn.build(*self._config, key)  # float32 and float64 start alike)
         params = jax.tree_util.tree_map(self._cast_param, to_numpy(params))
         self._export_params(self._given_params(params) if warm else params)
         self._state = nn.initial_state(nn.model_shapes(*self._config)[0])

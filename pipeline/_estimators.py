@@ -29,6 +29,7 @@ def _treedef(config):
 
 
 class _MLPBase(InputChecks, NeuralNetBase):
+    _draw_float32 = True  # as scikit-learn's MLP: float32 and float64 fits start alike
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(nn.ACTIVATIONS))],
