@@ -14,7 +14,7 @@ Sections (each fit runs in a fresh process, one at a time):
 - ``bad-input``: what a user sees for a step that cannot stream past ``max_in_memory``,
   a step that raises mid-stream, NaN made by a step, and a corrupt cache entry.
 
-Run on a quiet machine: ``python benchmarks/pipeline.py [--quick] [--json out.json]``.
+Run on a quiet machine: ``python benchmarks/pipeline_bench.py [--quick] [--json out.json]``.
 """
 
 from __future__ import annotations
