@@ -28,10 +28,9 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from pipeline._graph import BlockGraph
 from pipeline._adapter import as_dask, dataset_xy, is_streamed
+from pipeline._graph import BlockGraph
 from pipeline._inputs import default_chunk_rows
-from pipeline._store import Dataset
 
 __all__ = ["Chunk", "ChunkStream", "chunks", "data_identity", "epoch_order"]
 
