@@ -90,3 +90,34 @@ def cpu_name():
             )
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def status_mb(field="VmRSS"):
+    """A field of /proc/self/status (VmRSS, RssAnon, VmHWM...) in MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+class PeakSampler:
+    """The highest RssAnon (anonymous memory: not the page cache of a store) seen by a
+    thread sampling every ``every`` seconds while the ``with`` block runs."""
+
+    def __init__(self, every=0.02):
+        import threading
+
+        self.every, self.peak_mb = every, status_mb("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.peak_mb = max(self.peak_mb, status_mb("RssAnon"))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, status_mb("RssAnon"))

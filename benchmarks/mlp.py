@@ -53,7 +53,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import base_parser, child_main, cpu_name, markdown_table, print_totals, run_sections
+from _common import (
+    PeakSampler,
+    base_parser,
+    child_main,
+    cpu_name,
+    markdown_table,
+    print_totals,
+    run_sections,
+    status_mb,
+)
 from _common import drop_page_cache as _drop_page_cache
 
 HERE = Path(__file__).resolve().parent
@@ -88,34 +97,7 @@ def _peak_rss_mb():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def _rss_mb(field="VmRSS"):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
-class _PeakSampler:
-    """The highest RssAnon (anonymous memory: not the page cache of a store) seen by a
-    thread sampling every ``every`` seconds while the ``with`` block runs."""
-
-    def __init__(self, every=0.02):
-        import threading
-
-        self.every, self.peak_mb = every, _rss_mb("RssAnon")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            self.peak_mb = max(self.peak_mb, _rss_mb("RssAnon"))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, _rss_mb("RssAnon"))
+_rss_mb, _PeakSampler = status_mb, PeakSampler
 
 
 def _du_gb(path):

@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ _spec.loader.exec_module(_common)
 base_parser, child_main, cpu_name = _common.base_parser, _common.child_main, _common.cpu_name
 markdown_table, print_totals = _common.markdown_table, _common.print_totals
 run_sections = _common.run_sections
+PeakSampler, status_mb = _common.PeakSampler, _common.status_mb
 
 SECTIONS = ["large", "peers", "ipca", "bad-input"]
 LARGE_FEATURES, PEER_FEATURES = 512, 1000
@@ -46,36 +46,6 @@ TARGETS = {"time_ratio": 1.15, "rss_ratio": 1.10, "peak_rss_gb": 1.5}
 
 
 # ----------------------------------------------------------------------------- children
-
-
-class _Sampler:
-    """Peak RssAnon of this process, sampled every 20 ms in a thread (no kernel HWM)."""
-
-    def __init__(self):
-        self.peak_kb, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _status(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field))
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, self._status("RssAnon:"))
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def _mb(kb):
-    return kb / 1024
 
 
 def _model(spec):
@@ -118,21 +88,20 @@ def _child_fit(spec):
     import pipeline
 
     jax.numpy.zeros(1).block_until_ready()  # the backend is up: part of the baseline
-    status = _Sampler._status
-    base_rss, base_anon = status("VmRSS:"), status("RssAnon:")
+    base_rss, base_anon = status_mb("VmRSS"), status_mb("RssAnon")
     ds = pipeline.store.open(spec["store"])
     model = _model(spec)
-    with _Sampler() as sampler:
+    with PeakSampler() as sampler:
         t0 = time.perf_counter()
         model.fit(ds.X, ds.y)
         fit_s = time.perf_counter() - t0
     return {
         "fit_s": fit_s,
-        "rss_after_imports_mb": _mb(base_rss),
-        "anon_after_imports_mb": _mb(base_anon),
-        "peak_rss_mb": _mb(status("VmHWM:")),
-        "peak_anon_mb": _mb(sampler.peak_kb),
-        "peak_anon_above_start_mb": _mb(sampler.peak_kb - base_anon),
+        "rss_after_imports_mb": base_rss,
+        "anon_after_imports_mb": base_anon,
+        "peak_rss_mb": status_mb("VmHWM"),
+        "peak_anon_mb": sampler.peak_mb,
+        "peak_anon_above_start_mb": sampler.peak_mb - base_anon,
     }
 
 
